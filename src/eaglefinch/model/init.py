@@ -1,0 +1,100 @@
+"""Initialisation as in the official trainer (RWKV-LM x052 / x060).
+
+With r0 = layer / (L - 1) (0 to 1), r1 = 1 - layer / L (1 to almost 0), ddd[n] = n / C:
+time_decay[n] = -6 + 5 (n / (A - 1))^(0.7 + 1.3 r0); time_faaaa[n] = r0 (1 - n / (A - 1)) + zigzag(n);
+the token-shift mixes are powers of ddd (Finch stores their complements). Matrices are orthogonal,
+with gain sqrt(out / in) where out > in, scaled 0.1 for att.key / att.gate, 0 for att.output,
+ffn.value and ffn.receptance; the head's gain is 0.5 sqrt(V / C); the embedding is uniform(+-1e-4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ZERO_MATRICES = (".att.output.", ".ffn.value.", ".ffn.receptance.")
+SMALL_MATRICES = (".att.key.", ".att.gate.")
+
+
+def layer_ratios(layer_id: int, n_layer: int) -> tuple[float, float]:
+    """(r0, r1): 0 -> 1 and 1 -> almost 0 across depth."""
+    r0 = layer_id / (n_layer - 1) if n_layer > 1 else 0.0
+    r1 = 1.0 - layer_id / n_layer
+    return r0, r1
+
+
+def decay_speed(layer_id: int, n_layer: int, dim_att: int) -> torch.Tensor:
+    r0, _ = layer_ratios(layer_id, n_layer)
+    n = torch.arange(dim_att, dtype=torch.float64)
+    return -6 + 5 * (n / max(dim_att - 1, 1)) ** (0.7 + 1.3 * r0)
+
+
+def bonus(layer_id: int, n_layer: int, dim_att: int) -> torch.Tensor:
+    r0, _ = layer_ratios(layer_id, n_layer)
+    n = torch.arange(dim_att, dtype=torch.float64)
+    zigzag = ((n + 1) % 3 - 1) * 0.1
+    return r0 * (1 - n / max(dim_att - 1, 1)) + zigzag
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Initialise ``model`` (an ``eaglefinch.RWKV``) in place as the official trainer does."""
+    config = model.config
+    L, C, A, V = config.n_layer, config.n_embd, config.dim_att, config.vocab_size
+    ddd = torch.arange(C, dtype=torch.float64) / C
+
+    def put(param: torch.Tensor, value: torch.Tensor) -> None:
+        param.copy_(value.reshape(param.shape).to(param.dtype))
+
+    for i, block in enumerate(model.blocks):
+        r0, r1 = layer_ratios(i, L)
+        att, ffn = block.att, block.ffn
+        put(att.time_faaaa, bonus(i, L, A))
+        if config.version == "5.2":
+            put(att.time_decay, decay_speed(i, L, A))
+            put(att.time_mix_k, ddd**r1)
+            put(att.time_mix_v, ddd**r1 + 0.3 * r0)
+            put(att.time_mix_r, ddd ** (0.5 * r1))
+            put(att.time_mix_g, ddd ** (0.5 * r1))
+            put(ffn.time_mix_k, ddd**r1)
+            put(ffn.time_mix_r, ddd**r1)
+        else:
+            put(att.time_decay, decay_speed(i, L, A))
+            for name in ("time_maa_x", "time_maa_w", "time_maa_k"):
+                put(getattr(att, name), 1 - ddd**r1)
+            put(att.time_maa_v, 1 - (ddd**r1 + 0.3 * r0))
+            put(att.time_maa_r, 1 - ddd ** (0.5 * r1))
+            put(att.time_maa_g, 1 - ddd ** (0.5 * r1))
+            att.time_maa_w1.zero_()
+            att.time_maa_w2.uniform_(-0.01, 0.01, generator=generator)
+            att.time_decay_w1.zero_()
+            att.time_decay_w2.uniform_(-0.01, 0.01, generator=generator)
+            put(ffn.time_maa_k, 1 - ddd**r1)
+            put(ffn.time_maa_r, 1 - ddd**r1)
+        for norm in (att.ln_x, block.ln1, block.ln2, getattr(block, "ln0", None)):
+            if norm is not None:
+                norm.weight.fill_(1.0)
+                norm.bias.zero_()
+    model.ln_out.weight.fill_(1.0)
+    model.ln_out.bias.zero_()
+    model.emb.weight.uniform_(-1e-4, 1e-4, generator=generator)
+
+    for name, param in model.named_parameters():
+        if param.dim() != 2 or not name.endswith(".weight") or name == "emb.weight":
+            continue
+        out_dim, in_dim = param.shape
+        gain = math.sqrt(out_dim / in_dim) if out_dim > in_dim else 1.0
+        if name == "head.weight":
+            scale = 0.5
+        elif any(tag in f".{name}" for tag in ZERO_MATRICES):
+            scale = 0.0
+        elif any(tag in f".{name}" for tag in SMALL_MATRICES):
+            scale = 0.1
+        else:
+            scale = 1.0
+        if scale == 0.0:
+            param.zero_()
+        else:
+            nn.init.orthogonal_(param, gain=gain * scale, generator=generator)

@@ -1,0 +1,35 @@
+"""Shared test set-up: seeds, the `gpu` marker, and NaN-filled `torch.empty` to catch reads of uninitialised memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_original_empty = torch.empty
+
+
+def _nan_empty(*args, **kwargs):
+    tensor = _original_empty(*args, **kwargs)
+    if tensor.is_floating_point() and tensor.device.type != "meta":
+        tensor.fill_(float("nan"))
+    return tensor
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_nan_empty(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setattr(torch, "empty", _nan_empty)
+    yield
