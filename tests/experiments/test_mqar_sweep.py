@@ -1,0 +1,93 @@
+"""The MQAR sweep: the CLI wiring, one-line errors, resuming, and the report files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eaglefinch.cli import build_parser, main
+from eaglefinch.experiments.mqar import sweep
+
+TINY = [
+    "--seq-lens",
+    "16:2",
+    "--dims",
+    "8",
+    "--num-train",
+    "32",
+    "--num-test",
+    "16",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--lrs",
+    "1e-3,3e-3",
+]
+
+
+def test_sweep_writes_report_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "mqar"
+    assert main(["bench", "mqar", "--models", "attention", "--out", str(out), *TINY]) == 0
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["lr"]) for r in runs] == [("attention", 1e-3), ("attention", 3e-3)]
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 2 and results["environment"]["torch"]
+    assert "| Attention |" in (out / "results.md").read_text()
+    assert (out / "mqar.png").stat().st_size > 0
+
+    # a second call finds every run done and trains nothing
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was repeated")
+
+    monkeypatch.setattr(sweep, "train_run", no_training)
+    assert main(["bench", "mqar", "--models", "attention", "--out", str(out), *TINY]) == 0
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_skips_a_cut_line_and_a_solved_cell(tmp_path, monkeypatch):
+    """A partial last line (a kill mid-write) is ignored; a cell solved at one rate skips the next."""
+    out = tmp_path / "mqar"
+    out.mkdir()
+    config = sweep.DEFAULT_TRAIN.__class__(num_train=32, num_test=16, epochs=1, batch_size=16)
+    solved = {
+        "model": "attention",
+        "seq_len": 16,
+        "num_kv_pairs": 2,
+        "d_model": 8,
+        "lr": 1e-3,
+        "accuracy": 1.0,
+        "steps": 2,
+        "epochs": 1,
+        "wall_s": 0.1,
+        "config": config.to_dict(),
+    }
+    (out / "runs.jsonl").write_text(json.dumps(solved) + "\n" + '{"model": "att')
+    calls = []
+    monkeypatch.setattr(sweep, "train_run", lambda *a, **k: calls.append(a) or {})
+    assert main(["bench", "mqar", "--models", "attention", "--out", str(out), *TINY]) == 0
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "hyena"], "unknown MQAR model"),
+        (["--models", "attention", "--seq-lens", "15:2"], "must be even"),
+        (["--models", "attention", "--dims", "0"], "must be positive"),
+    ],
+)
+def test_bad_options_give_one_line(tmp_path, capsys, argv, message):
+    assert main(["bench", "mqar", "--out", str(tmp_path), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_paper_grid():
+    args = build_parser().parse_args(["bench", "mqar", "--full", "--models", "finch"])
+    models, cells, dims, lrs, configs = sweep.plan(args)
+    assert cells == [(64, 4), (128, 8), (256, 16), (512, 64)] and dims == [64, 128, 256, 512]
+    assert [configs[t].batch_size for t, _ in cells] == [512, 512, 256, 128]
+    assert configs[64].num_train == 100_000 and configs[64].epochs == 64 and len(lrs) == 4
