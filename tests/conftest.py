@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.utils._device
 
 _original_empty = torch.empty
+# `with torch.device(...)` recognises factory functions by identity, from a set built once; build it
+# now, before the patch below, so that meta-device construction keeps working under the patch.
+torch.utils._device._device_constructors()
 
 
 def _nan_empty(*args, **kwargs):

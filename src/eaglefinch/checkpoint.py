@@ -103,12 +103,31 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: RWKVConfig)
             raise CheckpointError(f"{key} has dtype {state_dict[key].dtype}; weights must be floating point")
 
 
-def cast_model(model: RWKV, dtype: torch.dtype) -> RWKV:
-    """Cast weights to ``dtype``, keeping FLOAT32_PARAMETERS in float32 (one tensor at a time)."""
-    for name, param in model.named_parameters():
-        target = torch.float32 if name.rsplit(".", 1)[-1] in FLOAT32_PARAMETERS else dtype
+def cast_model(model: RWKV, dtype: torch.dtype, progress: bool = False) -> RWKV:
+    """Cast weights to ``dtype`` (FLOAT32_PARAMETERS: float32), one tensor at a time.
+
+    ``progress`` shows a tqdm bar (on stderr) over the bytes converted: the slow part of loading
+    a large memory-mapped checkpoint, since its pages are read here.
+    """
+    params = list(model.named_parameters())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(p.numel() * p.element_size() for _, p in params)
+        bar = tqdm(total=total, desc="loading", unit="B", unit_scale=True, leave=False)
+    for name, param in params:
+        target = dtype
+        # Decay and bonus that change dtype are widened to float32 instead (nothing is lost); left
+        # alone when already in ``dtype``, so that loading and saving stays bit-exact.
+        if name.rsplit(".", 1)[-1] in FLOAT32_PARAMETERS and param.dtype != dtype:
+            target = torch.float32
         if param.dtype != target:
             param.data = param.data.to(target)
+        if bar is not None:
+            bar.update(param.numel() * param.element_size())
+    if bar is not None:
+        bar.close()
     return model
 
 
@@ -116,6 +135,7 @@ def model_from_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> RWKV:
     config = infer_config(state_dict)
     check_state_dict(state_dict, config)
@@ -130,7 +150,7 @@ def model_from_state_dict(
             dtype = torch.float32  # fp16 arithmetic on CPU is slow and overflow-prone
     if device is not None:
         model.to(device)
-    cast_model(model, dtype)
+    cast_model(model, dtype, progress=progress)
     return model.eval()
 
 
@@ -138,12 +158,14 @@ def load(
     path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> RWKV:
     """Load an Eagle/Finch model from an official ``.pth`` or a ``.safetensors`` file.
 
-    ``dtype`` None keeps the file's dtype (fp16 becomes fp32 on CPU); ``device`` None keeps CPU.
+    ``dtype`` None keeps the file's dtype (fp16 becomes fp32 on CPU); ``device`` None keeps CPU;
+    ``progress`` shows a progress bar on stderr while the weights are read and converted.
     """
-    return model_from_state_dict(read_state_dict(path), dtype=dtype, device=device)
+    return model_from_state_dict(read_state_dict(path), dtype=dtype, device=device, progress=progress)
 
 
 def _atomic_write(path: Path, write) -> None:
