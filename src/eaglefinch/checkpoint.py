@@ -82,10 +82,13 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: RWKVConfig) -> None:
-    """Every expected key present with its shape, and nothing else."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RWKV(config, init=False).state_dict().items()}
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: RWKVConfig,
+                     skeleton: RWKV | None = None) -> None:
+    """Every expected key present with its shape, and nothing else (``skeleton``: a meta model to compare with)."""
+    if skeleton is None:
+        with torch.device("meta"):
+            skeleton = RWKV(config, init=False)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unknown = sorted(set(state_dict) - set(expected))
     if missing:
@@ -138,9 +141,9 @@ def model_from_state_dict(
     progress: bool = False,
 ) -> RWKV:
     config = infer_config(state_dict)
-    check_state_dict(state_dict, config)
     with torch.device("meta"):
         model = RWKV(config, init=False)
+    check_state_dict(state_dict, config, skeleton=model)
     model.load_state_dict(state_dict, strict=True, assign=True)
     dtype = parse_dtype(dtype)
     if dtype is None:
