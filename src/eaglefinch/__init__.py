@@ -2,7 +2,31 @@
 
 from eaglefinch.checkpoint import load, save
 from eaglefinch.config import RWKVConfig
+from eaglefinch.generation import (
+    Context,
+    PrefixCache,
+    SamplingConfig,
+    generate,
+    load_state,
+    prefill,
+    save_state,
+    stream,
+)
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
 
-__all__ = ["RWKV", "RWKVConfig", "RWKVState", "load", "save"]
+__all__ = [
+    "Context",
+    "PrefixCache",
+    "RWKV",
+    "RWKVConfig",
+    "RWKVState",
+    "SamplingConfig",
+    "generate",
+    "load",
+    "load_state",
+    "prefill",
+    "save",
+    "save_state",
+    "stream",
+]

@@ -1,0 +1,191 @@
+"""Choosing the next token from logits: penalties, banned tokens, filters, temperature, the draw.
+
+Conventions follow the official ChatRWKV pipeline (``rwkv.utils.PIPELINE``), so settings carry over:
+
+* Penalties (``alpha_presence``, ``alpha_frequency``, ``alpha_decay``): each token generated so far
+  has an occurrence weight; before sampling, ``logits[t] -= alpha_presence + alpha_frequency *
+  occurrence[t]`` for every token that has occurred. After each new token all weights are
+  multiplied by ``alpha_decay`` and the new token's weight grows by 1, or by 0 when its text is a
+  space, a tab or digits (such tokens still get the presence penalty). Only generated tokens count,
+  not the prompt.
+* Filters are computed on the untempered distribution ``softmax(logits)``: top-p keeps every token
+  whose probability reaches that of the token where the cumulative sum first reaches ``top_p``;
+  top-k keeps the k most likely; min-p keeps tokens with ``p >= min_p * max p``. Then the kept
+  probabilities are raised to ``1 / temperature`` and renormalised.
+* ``temperature == 0`` is greedy decoding: the arg-max of the penalised logits.
+
+Each row draws from its own ``torch.Generator``, so a row's tokens depend only on its own seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from eaglefinch.errors import ConfigError
+
+# Tokens whose text is one of these substrings add no frequency weight (ChatRWKV's exemption).
+PENALTY_FREE_TEXT = " \t0123456789"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each next token. The defaults are plain sampling at temperature 1."""
+
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus mass in (0, 1]; 1 keeps everything
+    top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    min_p: float = 0.0  # keep tokens with p >= min_p * max p; 0 keeps all
+    alpha_presence: float = 0.0  # subtracted once from every token generated so far
+    alpha_frequency: float = 0.0  # subtracted per (decayed) occurrence
+    alpha_decay: float = 1.0  # occurrence weights are multiplied by this after every token
+    banned_tokens: tuple[int, ...] = ()  # never generated
+    seed: int | None = (
+        None  # row i draws from a generator seeded with seed + i; None: from torch's global RNG
+    )
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (
+                isinstance(self.top_k, int) and self.top_k >= 0,
+                f"top_k must be an integer >= 0, got {self.top_k}",
+            ),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (0 <= self.alpha_decay <= 1, f"alpha_decay must be in [0, 1], got {self.alpha_decay}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        object.__setattr__(self, "banned_tokens", tuple(int(t) for t in self.banned_tokens))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.alpha_presence != 0 or self.alpha_frequency != 0
+
+    def replace(self, **changes) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> SamplingConfig:
+        """Build from keyword arguments, with one clear error for a name that is not a setting."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown sampling option(s) {unknown}; known: {sorted(known)}")
+        return cls(**kwargs)
+
+
+class Penalties:
+    """Occurrence weights of generated tokens, per row (the ChatRWKV presence/frequency penalty).
+
+    Args:
+        batch_size, vocab_size: the logits' shape.
+        config: the alphas.
+        token_weight: the weight a token adds when generated (1, or 0 for penalty-free text).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        vocab_size: int,
+        config: SamplingConfig,
+        token_weight: Callable[[int], float],
+        device: torch.device | str = "cpu",
+    ):
+        self.config = config
+        self.token_weight = token_weight
+        self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
+        self.occurrence = torch.zeros(batch_size, vocab_size, dtype=torch.float32, device=device)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) -> penalised logits (a new tensor)."""
+        c = self.config
+        return logits - self.seen * c.alpha_presence - self.occurrence * c.alpha_frequency
+
+    def update(self, tokens: Sequence[int]) -> None:
+        """Record one new token per row."""
+        self.occurrence.mul_(self.config.alpha_decay)
+        for row, token in enumerate(tokens):
+            self.seen[row, token] = True
+            self.occurrence[row, token] += self.token_weight(token)
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only some rows (when others have finished)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.seen.device)
+        self.seen = self.seen.index_select(0, index)
+        self.occurrence = self.occurrence.index_select(0, index)
+
+
+def penalty_weight(decode_bytes: Callable[[list[int]], bytes]) -> Callable[[int], float]:
+    """A token's occurrence weight from its text: 0 for spaces, tabs and digits, 1 otherwise (cached)."""
+    cache: dict[int, float] = {}
+
+    def weight(token: int) -> float:
+        if token not in cache:
+            text = decode_bytes([token]).decode("utf-8", errors="replace")
+            cache[token] = 0.0 if text in PENALTY_FREE_TEXT else 1.0
+        return cache[token]
+
+    return weight
+
+
+def ban(logits: torch.Tensor, tokens: Iterable[int]) -> torch.Tensor:
+    """Set the logits of ``tokens`` to -inf (in place) and return them."""
+    tokens = list(tokens)
+    if tokens:
+        logits[:, tokens] = float("-inf")
+    return logits
+
+
+def filtered_probs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """The distribution to draw from: (B, V) float32 logits -> (B, V) probabilities summing to 1.
+
+    Filters (top-p, top-k, min-p) act on softmax(logits); the temperature then sharpens or
+    flattens what is kept (ChatRWKV's order).
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    V = probs.shape[-1]
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if config.top_p < 1:
+        sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # the first sorted position whose cumulative sum reaches top_p (clamped for round-off)
+        cut = torch.searchsorted(cumulative, torch.full_like(cumulative[:, :1], config.top_p)).clamp_max(
+            V - 1
+        )
+        keep &= probs >= sorted_probs.gather(-1, cut)
+    if 0 < config.top_k < V:
+        kth = torch.topk(probs, config.top_k, dim=-1).values[:, -1:]
+        keep &= probs >= kth
+    if config.min_p > 0:
+        keep &= probs >= config.min_p * probs.amax(dim=-1, keepdim=True)
+    probs = probs * keep
+    if config.temperature != 1:
+        probs = probs ** (1.0 / config.temperature)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def make_generators(config: SamplingConfig, batch_size: int, device: torch.device | str = "cpu") -> list:
+    """One generator per row, seeded ``seed + row`` (``None`` entries use torch's global RNG)."""
+    if config.seed is None:
+        return [None] * batch_size
+    return [torch.Generator(device=device).manual_seed(config.seed + row) for row in range(batch_size)]
+
+
+def sample(
+    logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """Pick one token per row from already penalised and banned logits (B, V) -> LongTensor (B,)."""
+    if config.greedy:
+        return logits.argmax(dim=-1)
+    probs = filtered_probs(logits, config)
+    return torch.cat([torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(generators)])

@@ -1,0 +1,286 @@
+"""One-token steps for decoding (T = 1), with the model's weights packed once.
+
+Decoding reads every weight once per token, so its speed is the speed of matrix-vector products
+plus the per-call overhead of many small operations. ``DecodeModel`` prepares, once:
+
+* the matrices in the form the backend reads fastest (see ``Linear``);
+* Eagle's constant decay ``exp(-exp(time_decay))``, and Finch's five token-shift mixes stacked
+  so that the five interpolations are one operation;
+* the state updated in place, so no per-token allocation of the (L, B, H, N, N) WKV matrices.
+
+Three kinds of weights (``weights=``):
+
+* ``"exact"`` (default): the model's own arithmetic in its dtype. With the ``"linear"`` layout a
+  step is bitwise what ``model(tokens[:, None], state)`` computes; the default fp32 CPU layout
+  (``"transposed"``) differs only in the order of summation (tests compare both with the model and
+  the official package).
+* ``"fp16"`` (CPU, opt-in): matrices stored in fp16 and multiplied in fp32 by FBGEMM's fp16-weight
+  kernel: half the bytes of fp32. Lossless for bf16 checkpoints whose weights lie in fp16's normal
+  range (``DecodeModel.lossless`` says whether they all do); for fp32 weights a rounding to 11
+  significant bits (relative error <= 2^-11).
+* ``"int8"`` (opt-in approximation): symmetric int8 rows with a per-row scale, torch's weight-only
+  int8 kernel with bf16 activations: a quarter of the bytes of fp32, relative error ~1/254 per weight.
+
+The embedding LayerNorm ``ln0`` is applied to the B looked-up rows rather than folded into the
+embedding as the official package does, which would copy a (V, C) matrix to save B * C work.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from eaglefinch.errors import ConfigError
+from eaglefinch.model.rwkv import RWKV
+from eaglefinch.model.state import RWKVState
+from eaglefinch.model.time_mix import LN_X_EPS
+
+Weights = Literal["exact", "fp16", "int8"]
+WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8")
+LN_EPS = 1e-5
+
+
+class Linear:
+    """``y = x @ W^T`` for one (out, in) weight, in the form chosen at packing time.
+
+    * ``"linear"``: ``F.linear`` on the model's own tensor (no copy; the model's layout).
+    * ``"transposed"``: a contiguous (in, out) copy read by ``x @ W_t``; on CPU, MKL's fp32 row-vector
+      product reads this layout faster than ``F.linear`` reads (out, in) (benchmarks/decode_speed.py).
+    * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
+    * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
+      (``aten._weight_int8pack_mm``), bf16 activations.
+    """
+
+    def __init__(self, weight: torch.Tensor, kind: str):
+        self.kind = kind
+        self.out_features, self.in_features = weight.shape
+        self.lossless = kind in ("linear", "transposed")
+        weight = weight.detach()
+        if kind == "linear":
+            self.weight = weight
+        elif kind == "transposed":
+            self.weight = weight.t().contiguous()  # (in, out)
+        elif kind == "fp16":
+            self.lossless = bool(torch.equal(weight.half().to(weight.dtype), weight))
+            self.weight = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
+        elif kind == "int8":
+            w = weight.float()
+            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,)
+            self.weight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            self.scale = scale.to(torch.bfloat16)
+        else:
+            raise ConfigError(f"unknown matrix layout {kind!r}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, in) -> (B, out) in x's dtype."""
+        if self.kind == "linear":
+            return F.linear(x, self.weight)
+        if self.kind == "transposed":
+            return x @ self.weight
+        if self.kind == "fp16":
+            return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.weight).to(x.dtype)
+        return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scale).to(x.dtype)
+
+    def nbytes(self) -> int:
+        """Bytes of weights read per matrix-vector product."""
+        n = self.out_features * self.in_features
+        if self.kind == "fp16":
+            return 2 * n
+        if self.kind == "int8":
+            return n + self.scale.numel() * self.scale.element_size()
+        return n * self.weight.element_size()
+
+
+def default_layout(dtype: torch.dtype, device: torch.device) -> str:
+    """The exact layout the decode benchmark found fastest for this dtype and device."""
+    if device.type == "cpu" and dtype == torch.float32:
+        return "transposed"
+    return "linear"
+
+
+def fp16_kernel_available() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, LN_EPS)
+
+
+class _Layer:
+    """One block's tensors, packed for a single-token step."""
+
+    def __init__(self, block, version: str, matrix):
+        att, ffn = block.att, block.ffn
+        self.ln1, self.ln2 = block.ln1, block.ln2
+        self.n_head, self.head_size = att.n_head, att.head_size
+        self.u = att.time_faaaa.detach().float().view(1, att.n_head, att.head_size, 1)  # bonus, (1, H, N, 1)
+        self.r, self.k, self.v, self.g, self.o = (
+            matrix(m.weight) for m in (att.receptance, att.key, att.value, att.gate, att.output)
+        )
+        self.lnx_w, self.lnx_b = att.ln_x.weight.detach().float(), att.ln_x.bias.detach().float()
+        self.ffn_k, self.ffn_r, self.ffn_v = (
+            matrix(ffn.key.weight),
+            matrix(ffn.receptance.weight),
+            matrix(ffn.value.weight),
+        )
+        self.version = version
+        if version == "5.2":
+            # Order r, k, v, g; Eagle weights the current token: x_t = sx + (xx - sx) * mix_t.
+            self.mix = torch.stack([att.time_mix_r, att.time_mix_k, att.time_mix_v, att.time_mix_g]).detach()
+            self.mix = self.mix.view(4, 1, -1)  # (4, 1, C)
+            # w = exp(-exp(time_decay)) per key channel, applied to the state's rows: (1, H, N, 1).
+            self.w = torch.exp(-torch.exp(att.time_decay.detach().float())).view(
+                1, self.n_head, self.head_size, 1
+            )
+            self.ffn_mix_k, self.ffn_mix_r = (
+                ffn.time_mix_k.detach().view(1, -1),
+                ffn.time_mix_r.detach().view(1, -1),
+            )
+        else:
+            # Order w, k, v, r, g as the LoRA's five outputs; Finch weights the previous token.
+            self.maa_x = att.time_maa_x.detach().view(1, -1)
+            self.maa = (
+                torch.stack([att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g])
+                .detach()
+                .view(5, 1, -1)
+            )  # (5, 1, C)
+            self.maa_w1, self.maa_w2 = (
+                att.time_maa_w1.detach(),
+                att.time_maa_w2.detach(),
+            )  # (C, 5R), (5, R, C)
+            self.decay = att.time_decay.detach().float().view(1, -1)  # (1, A)
+            self.decay_w1, self.decay_w2 = att.time_decay_w1.detach(), att.time_decay_w2.detach()
+            self.ffn_maa_k, self.ffn_maa_r = (
+                ffn.time_maa_k.detach().view(1, -1),
+                ffn.time_maa_r.detach().view(1, -1),
+            )
+
+    def matrices(self) -> list[Linear]:
+        return [self.r, self.k, self.v, self.g, self.o, self.ffn_k, self.ffn_r, self.ffn_v]
+
+    def time_mix(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor) -> torch.Tensor:
+        """x: (B, C); shift (B, C) and wkv (B, H, N, N) float32 are updated in place. Returns x + out."""
+        B = x.shape[0]
+        H, N = self.n_head, self.head_size
+        xx = _layer_norm(x, self.ln1)
+        sx = shift.to(xx.dtype)
+        if self.version == "5.2":
+            xr, xk, xv, xg = (sx + (xx - sx) * self.mix).unbind(0)
+            w = self.w
+        else:
+            dx = sx - xx
+            xxx = xx + dx * self.maa_x
+            lora = torch.tanh(xxx @ self.maa_w1).view(B, 5, -1).transpose(0, 1)  # (5, B, R)
+            xw, xk, xv, xr, xg = (xx + dx * (self.maa + torch.bmm(lora, self.maa_w2))).unbind(0)
+            d = self.decay + (torch.tanh(xw @ self.decay_w1) @ self.decay_w2).float()  # (B, A)
+            w = torch.exp(-torch.exp(d)).view(B, H, N, 1)
+        r = self.r(xr).float().view(B, H, 1, N)
+        k = self.k(xk).float().view(B, H, N, 1)
+        v = self.v(xv).float().view(B, H, 1, N)
+        g = F.silu(self.g(xg))
+        kv = k * v  # (B, H, N, N) = k^T v
+        y = r @ (self.u * kv + wkv)  # (B, H, 1, N)
+        wkv.mul_(w).add_(kv)  # S = k^T v + diag(w) S, in place
+        shift.copy_(xx)
+        # y passes through the working dtype before the float32 GroupNorm, as in the model
+        y = F.group_norm(y.view(B, H * N).to(x.dtype).float(), H, self.lnx_w, self.lnx_b, LN_X_EPS)
+        return x + self.o(y.to(x.dtype) * g)
+
+    def channel_mix(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """x: (B, C); shift (B, C) is updated in place. Returns x + out."""
+        xx = _layer_norm(x, self.ln2)
+        sx = shift.to(xx.dtype)
+        if self.version == "5.2":
+            xk = sx + (xx - sx) * self.ffn_mix_k
+            xr = sx + (xx - sx) * self.ffn_mix_r
+        else:
+            xk = xx + (sx - xx) * self.ffn_maa_k
+            xr = xx + (sx - xx) * self.ffn_maa_r
+        k = torch.relu(self.ffn_k(xk)).square()
+        shift.copy_(xx)
+        return x + torch.sigmoid(self.ffn_r(xr)) * self.ffn_v(k)
+
+
+class DecodeModel:
+    """A model's weights packed for single-token steps; build once, call ``step`` per token.
+
+    Args:
+        model: an ``RWKV`` model (any dtype and device). Its tensors are shared, not copied, where
+            the layout allows; later in-place changes to the model's weights are seen, replaced
+            tensors are not (build a new DecodeModel after ``model.to(...)``).
+        weights: ``"exact"`` (the model's arithmetic), ``"fp16"`` (fp16 matrices, fp32 products; CPU,
+            opt-in, lossless for most bf16 checkpoints) or ``"int8"`` (weight-only int8 matrices and
+            head with per-row scales; CPU, opt-in, an approximation). See the module docstring.
+        layout: for ``"exact"``, force ``"linear"`` or ``"transposed"`` matrices (default: the
+            fastest measured for the dtype and device).
+    """
+
+    def __init__(self, model: RWKV, weights: Weights = "exact", layout: str | None = None):
+        if weights not in WEIGHTS:
+            raise ConfigError(f"unknown decode weights {weights!r}: use one of {', '.join(WEIGHTS)}")
+        if weights != "exact" and model.device.type != "cpu":
+            raise ConfigError(
+                f"weights={weights!r} uses a CPU kernel; on {model.device.type} load the model in fp16 "
+                "or bf16 and decode with weights='exact'"
+            )
+        if weights == "fp16" and not fp16_kernel_available():
+            raise ConfigError(
+                "weights='fp16' needs torch's FBGEMM backend (x86 CPUs), which this build lacks"
+            )
+        if layout is not None and layout not in ("linear", "transposed"):
+            raise ConfigError(f"unknown layout {layout!r}: use 'linear' or 'transposed'")
+        self.config = model.config
+        self.weights = weights
+        self.dtype, self.device = model.dtype, model.device
+        kind = weights if weights != "exact" else layout or default_layout(self.dtype, self.device)
+        with torch.no_grad():
+            self.emb = model.emb.weight.detach()
+            self.ln0 = model.blocks[0].ln0
+            self.layers = [
+                _Layer(block, self.config.version, lambda w: Linear(w, kind)) for block in model.blocks
+            ]
+            self.ln_out = model.ln_out
+            self.head = Linear(model.head.weight, kind)
+        self._tuned_state = model.zero_state(1) if self.config.time_state else None
+
+    def zero_state(self, batch_size: int = 1) -> RWKVState:
+        """The initial state (the checkpoint's tuned ``time_state`` where it has one)."""
+        state = RWKVState.zeros(self.config, batch_size, device=self.device, dtype=self.dtype)
+        if self._tuned_state is not None:
+            state.wkv[:] = self._tuned_state.wkv
+        return state
+
+    @property
+    def lossless(self) -> bool:
+        """Whether every matrix holds the model's weights exactly (always true for "exact")."""
+        return self.head.lossless and all(m.lossless for layer in self.layers for m in layer.matrices())
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one step reads: every matrix, the head and one embedding row (per row)."""
+        total = self.head.nbytes() + self.emb.shape[1] * self.emb.element_size()
+        for layer in self.layers:
+            total += sum(m.nbytes() for m in layer.matrices())
+        return total
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: RWKVState) -> torch.Tensor:
+        """Feed one token per row; ``state`` is updated in place.
+
+        Args:
+            tokens: LongTensor (B,) on the model's device.
+            state: the state after the previous tokens (B rows, this model's dtype and device);
+                changed in place to the state after ``tokens``.
+
+        Returns:
+            logits (B, V) float32 for the next token.
+        """
+        if tokens.dim() != 1:
+            raise ConfigError(f"step() takes one token per row, shape (B,), got {tuple(tokens.shape)}")
+        state.check(self.config, tokens.shape[0])
+        x = _layer_norm(self.emb[tokens], self.ln0)  # (B, C)
+        for i, layer in enumerate(self.layers):
+            x = layer.time_mix(x, state.att_shift[i], state.wkv[i])
+            x = layer.channel_mix(x, state.ffn_shift[i])
+        return self.head(_layer_norm(x, self.ln_out)).float()

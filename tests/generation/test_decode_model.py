@@ -1,0 +1,179 @@
+"""The packed one-token decoder against the model's own T=1 forward and the official package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eaglefinch import RWKVConfig
+from eaglefinch.errors import ConfigError
+from eaglefinch.model.decode import DecodeModel
+
+CASES = {
+    "finch": RWKVConfig("6.0", n_layer=2, n_embd=128, vocab_size=300),
+    "eagle": RWKVConfig("5.2", n_layer=2, n_embd=128, vocab_size=300),
+    "finch-timestate": RWKVConfig("6.0", n_layer=2, n_embd=128, vocab_size=300, time_state=True),
+    "eagle-L3-F320": RWKVConfig("5.2", n_layer=3, n_embd=192, dim_ffn=320, vocab_size=257),
+}
+
+
+def run_steps(step, state, tokens):
+    """Feed tokens (B, T) one column at a time; return logits (B, T, V)."""
+    return torch.stack([step(tokens[:, t], state) for t in range(tokens.shape[1])], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_linear_layout_is_the_models_arithmetic(case, dtype, build_model):
+    """Same weights, same operations: bitwise equal to model(tokens[:, None], state), step after step."""
+    model = build_model(CASES[case], dtype=dtype)
+    decoder = DecodeModel(model, layout="linear")
+    tokens = torch.randint(0, CASES[case].vocab_size, (3, 6), generator=torch.Generator().manual_seed(0))
+    state = decoder.zero_state(3)
+    ours = run_steps(decoder.step, state, tokens)
+    with torch.no_grad():
+        theirs, their_state = None, model.zero_state(3)
+        outs = []
+        for t in range(tokens.shape[1]):
+            out, their_state = model(tokens[:, t : t + 1], their_state)
+            outs.append(out[:, 0])
+        theirs = torch.stack(outs, dim=1)
+    assert torch.equal(ours, theirs)
+    for name, tensor in state.tensors().items():
+        assert torch.equal(tensor, their_state.tensors()[name]), name
+
+
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_default_layout_matches_the_official_package(
+    case, build_model, rwkv_package, tmp_path, relative_error
+):
+    """The default (fastest) exact decoder, token by token, against the package's cpu fp32 forward."""
+    from eaglefinch.testing import random_state_dict
+
+    config = CASES[case]
+    path = tmp_path / "model.pth"
+    torch.save(random_state_dict(config, seed=2), path)
+    official = rwkv_package.RWKV(model=str(path), strategy="cpu fp32", verbose=False)
+    from eaglefinch import load
+
+    decoder = DecodeModel(load(path))
+    state = decoder.zero_state(1)
+    their_state = None
+    for token in torch.randint(
+        0, config.vocab_size, (10,), generator=torch.Generator().manual_seed(1)
+    ).tolist():
+        theirs, their_state = official.forward([token], their_state)
+        ours = decoder.step(torch.tensor([token]), state)
+        assert relative_error(ours[0], theirs) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_transposed_layout_is_close_to_linear(case, build_model, relative_error):
+    model = build_model(CASES[case])
+    tokens = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(3))
+    a = DecodeModel(model, layout="linear")
+    b = DecodeModel(model, layout="transposed")
+    la = run_steps(a.step, a.zero_state(2), tokens)
+    lb = run_steps(b.step, b.zero_state(2), tokens)
+    assert relative_error(lb, la) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_int8_is_close_to_exact(case, dtype, build_model, relative_error):
+    """int8 weight-only decoding is an approximation: logits within a few percent over 16 steps."""
+    model = build_model(CASES[case], dtype=dtype)
+    tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(4))
+    exact = DecodeModel(model)
+    int8 = DecodeModel(model, weights="int8")
+    le = run_steps(exact.step, exact.zero_state(2), tokens)
+    lq = run_steps(int8.step, int8.zero_state(2), tokens)
+    assert relative_error(lq, le) < 0.05
+    # the most likely next token mostly agrees
+    agree = (lq.argmax(-1) == le.argmax(-1)).float().mean().item()
+    assert agree > 0.8
+
+
+def test_int8_rows_reconstruct_the_weights():
+    """Per-row symmetric quantisation: every weight within half a step (scale / 2) of the original."""
+    from eaglefinch.model.decode import Linear
+
+    w = torch.randn(64, 48) * torch.linspace(0.01, 3, 64)[:, None]
+    q = Linear(w, "int8")
+    back = q.weight.float() * q.scale.float()[:, None]
+    assert ((back - w).abs() <= q.scale.float()[:, None] * 0.5 + 1e-2 * w.abs()).all()
+    x = torch.randn(3, 48)
+    assert ((q(x) - x @ w.t()).abs().max() / (x @ w.t()).abs().max()).item() < 0.02
+
+
+def test_weight_bytes_counts_every_matrix_once(build_model):
+    config = CASES["finch"]
+    model = build_model(config)
+    C, A, F, V, L = config.n_embd, config.dim_att, config.dim_ffn, config.vocab_size, config.n_layer
+    per_layer = 5 * A * C + 2 * F * C + C * C  # r k v g o, ffn key and value, ffn receptance
+    expected = 4 * (L * per_layer + V * C + C)  # + head + one embedding row
+    assert DecodeModel(model).weight_bytes() == expected
+    int8 = DecodeModel(model, weights="int8").weight_bytes()
+    scales = 2 * (L * (4 * A + C + F + C + C) + V)  # one bf16 scale per output row
+    assert int8 == (L * per_layer + V * C) + 4 * C + scales  # int8 matrices, the fp32 embedding row
+
+
+def test_bad_arguments(finch):
+    with pytest.raises(ConfigError, match="weights"):
+        DecodeModel(finch, weights="int4")
+    with pytest.raises(ConfigError, match="layout"):
+        DecodeModel(finch, layout="columns")
+    decoder = DecodeModel(finch)
+    with pytest.raises(ConfigError, match="one token per row"):
+        decoder.step(torch.tensor([[1, 2]]), decoder.zero_state(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_gpu_decoder_matches_model(case, dtype, build_model, relative_error):
+    model = build_model(CASES[case], dtype=dtype).to("cuda")
+    tokens = torch.randint(0, 300, (3, 8), generator=torch.Generator().manual_seed(5)).cuda()
+    decoder = DecodeModel(model)
+    ours = run_steps(decoder.step, decoder.zero_state(3), tokens)
+    with torch.no_grad():
+        state, outs = model.zero_state(3), []
+        for t in range(tokens.shape[1]):
+            out, state = model(tokens[:, t : t + 1], state)
+            outs.append(out[:, 0])
+    assert relative_error(ours, torch.stack(outs, dim=1)) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "dtype, bound", [(torch.float32, 2e-3), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"]
+)
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_fp16_weights_are_close_to_exact(case, dtype, bound, build_model, relative_error):
+    """fp16 matrices, fp32 products: 11 significant bits per weight instead of 24 (fp32) or 8 (bf16)."""
+    model = build_model(CASES[case], dtype=dtype)
+    tokens = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(6))
+    exact, fp16 = DecodeModel(model), DecodeModel(model, weights="fp16")
+    assert (
+        relative_error(
+            run_steps(fp16.step, fp16.zero_state(2), tokens),
+            run_steps(exact.step, exact.zero_state(2), tokens),
+        )
+        < bound
+    )
+    c = CASES[case]
+    matrices = (
+        c.n_layer * (5 * c.dim_att * c.n_embd + 2 * c.dim_ffn * c.n_embd + c.n_embd**2)
+        + c.vocab_size * c.n_embd
+    )
+    assert fp16.weight_bytes() == 2 * matrices + c.n_embd * model.emb.weight.element_size()
+
+
+def test_fp16_lossless_flag():
+    from eaglefinch.model.decode import Linear
+
+    w = (torch.randn(16, 8) * 0.1).bfloat16()
+    assert Linear(w, "fp16").lossless
+    w[0, 0] = 1e-7  # below fp16's normal range: fewer bits there
+    w[1, 1] = 1e5  # above fp16's largest value
+    assert not Linear(w, "fp16").lossless
+    assert not Linear(torch.randn(16, 8), "fp16").lossless  # fp32 weights have 24 significant bits

@@ -1,0 +1,169 @@
+"""Sampling: the filtered distribution against the official pipeline, penalties by hand, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eaglefinch.errors import ConfigError
+from eaglefinch.generation.sampling import (
+    Penalties,
+    SamplingConfig,
+    ban,
+    filtered_probs,
+    make_generators,
+    penalty_weight,
+    sample,
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline_probs():
+    """``probs(logits, temperature, top_p, top_k)``: the distribution rwkv.utils.PIPELINE draws from."""
+    rwkv_utils = pytest.importorskip("rwkv.utils", reason="the official rwkv package is a test dependency")
+    pipeline = rwkv_utils.PIPELINE.__new__(rwkv_utils.PIPELINE)  # sample_logits needs no model or tokenizer
+
+    def probs(logits: torch.Tensor, **kwargs) -> np.ndarray:
+        seen = {}
+        original = np.random.choice
+
+        def capture(a, p):
+            seen["p"] = np.array(p, dtype=np.float64)
+            return 0
+
+        np.random.choice = capture
+        try:
+            pipeline.sample_logits(logits.clone(), **kwargs)
+        finally:
+            np.random.choice = original
+        return seen["p"]
+
+    return probs
+
+
+SETTINGS = [
+    dict(temperature=1.0, top_p=0.85, top_k=0),
+    dict(temperature=0.7, top_p=0.5, top_k=0),
+    dict(temperature=1.5, top_p=0.95, top_k=0),
+    dict(temperature=1.0, top_p=0.99, top_k=7),
+    dict(temperature=0.3, top_p=0.2, top_k=3),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "T{temperature}-p{top_p}-k{top_k}".format(**s))
+def test_filtered_distribution_matches_the_official_pipeline(settings, pipeline_probs):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 500, generator=gen) * 3
+    ours = filtered_probs(logits, SamplingConfig(**settings))
+    for row in range(2):
+        theirs = pipeline_probs(logits[row], **settings)
+        assert np.allclose(ours[row].double().numpy(), theirs, atol=1e-6)
+
+
+def test_min_p_by_hand():
+    probs = torch.tensor([[0.5, 0.3, 0.12, 0.08]])
+    out = filtered_probs(probs.log(), SamplingConfig(min_p=0.2))  # keep p >= 0.1
+    assert torch.allclose(out, torch.tensor([[0.5, 0.3, 0.12, 0.0]]) / 0.92)
+    out = filtered_probs(
+        probs.log(), SamplingConfig(min_p=0.2, temperature=0.5)
+    )  # then square and renormalise
+    kept = torch.tensor([[0.25, 0.09, 0.0144, 0.0]])
+    assert torch.allclose(out, kept / kept.sum())
+
+
+def test_top_k_and_top_p_by_hand():
+    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
+    assert torch.allclose(
+        filtered_probs(probs.log(), SamplingConfig(top_k=2)), torch.tensor([[0, 4 / 7, 0, 3 / 7]])
+    )
+    # cumulative 0.4, 0.7, 0.9: top_p 0.65 first reached at the second token, so 0.4 and 0.3 stay
+    assert torch.allclose(
+        filtered_probs(probs.log(), SamplingConfig(top_p=0.65)), torch.tensor([[0, 4 / 7, 0, 3 / 7]])
+    )
+
+
+def test_greedy_is_argmax_and_ignores_the_filters():
+    logits = torch.randn(4, 100)
+    config = SamplingConfig(temperature=0, top_p=0.1, top_k=5)
+    assert torch.equal(sample(logits, config, [None] * 4), logits.argmax(-1))
+
+
+def test_banned_tokens_are_never_drawn():
+    logits = torch.zeros(3, 10)
+    logits[:, 4] = 10
+    config = SamplingConfig(banned_tokens=(4, 5), seed=0)
+    gens = make_generators(config, 3)
+    for _ in range(50):
+        tokens = sample(ban(logits.clone(), config.banned_tokens), config, gens)
+        assert not ({4, 5} & set(tokens.tolist()))
+
+
+def test_draws_follow_the_distribution():
+    """5,000 draws of a 4-way distribution: frequencies within 4 standard errors."""
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    config = SamplingConfig(seed=3)
+    gens = make_generators(config, 1)
+    n = 5000
+    draws = torch.stack([sample(p.log()[None], config, gens) for _ in range(n)]).flatten()
+    freq = torch.bincount(draws, minlength=4).double() / n
+    assert ((freq - p.double()).abs() < 4 * (p.double() * (1 - p.double()) / n).sqrt()).all()
+
+
+def test_seeds_reproduce_and_rows_are_independent():
+    logits = torch.randn(3, 1000)
+    config = SamplingConfig(seed=11)
+    a = [sample(logits, config, g).tolist() for g in [make_generators(config, 3)] for _ in range(5)]
+    b = [sample(logits, config, g).tolist() for g in [make_generators(config, 3)] for _ in range(5)]
+    assert a == b
+    # row 2 of a batch seeded 11 draws what a single row seeded 13 draws
+    single = SamplingConfig(seed=13)
+    gen = make_generators(single, 1)
+    c = [sample(logits[2:3], single, gen).item() for _ in range(5)]
+    assert [row[2] for row in a] == c
+    assert len({tuple(row) for row in a}) > 1
+
+
+def test_penalties_by_hand():
+    """ChatRWKV: logits[t] -= presence + frequency * occurrence[t]; weights decay, digits add 0."""
+    texts = {1: b"a", 2: b"7", 3: b" ", 4: b"b"}
+    config = SamplingConfig(alpha_presence=0.5, alpha_frequency=0.25, alpha_decay=0.5)
+    pen = Penalties(1, 6, config, penalty_weight(lambda ids: b"".join(texts.get(i, b"\xff") for i in ids)))
+    for token in (1, 2, 1, 5):
+        pen.update([token])
+    # occurrence after a, 7, a, <0xff>: a = (1 * .5 + 0) * .5 + 1 then * .5 -> 0.625; 7 adds nothing;
+    # token 5 decodes to U+FFFD (not exempt) -> 1
+    expected_occurrence = torch.tensor([[0, 0.625, 0, 0, 0, 1.0]])
+    assert torch.allclose(pen.occurrence, expected_occurrence)
+    out = pen.apply(torch.zeros(1, 6))
+    expected = -torch.tensor([[0, 0.5 + 0.25 * 0.625, 0.5, 0, 0, 0.5 + 0.25]])
+    assert torch.allclose(out, expected)
+
+
+def test_penalty_free_text_is_chatrwkvs():
+    weight = penalty_weight(
+        lambda ids: {1: b" ", 2: b"\t", 3: b"12", 4: b"x", 5: b"", 6: b" \t0", 7: b" 1"}[ids[0]]
+    )
+    assert [weight(t) for t in range(1, 8)] == [0, 0, 0, 1, 0, 0, 1]  # substrings of " \t0123456789" add 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(top_k=-2),
+        dict(min_p=2),
+        dict(alpha_decay=1.5),
+    ],
+    ids=str,
+)
+def test_bad_settings_are_one_line_errors(bad):
+    with pytest.raises(ConfigError):
+        SamplingConfig(**bad)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ConfigError, match="top_q"):
+        SamplingConfig.from_kwargs({"top_q": 0.5})
