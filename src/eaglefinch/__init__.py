@@ -14,6 +14,7 @@ from eaglefinch.generation import (
 )
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
+from eaglefinch.tokenizer import WorldTokenizer
 
 __all__ = [
     "Context",
@@ -22,6 +23,7 @@ __all__ = [
     "RWKVConfig",
     "RWKVState",
     "SamplingConfig",
+    "WorldTokenizer",
     "generate",
     "load",
     "load_state",
