@@ -50,7 +50,9 @@ def test_loglikelihood_matches_direct_computation(finch, tokenizer):
         expected, expected_greedy = direct_loglikelihood(finch, c_ids, x_ids)
         assert logprob == pytest.approx(expected, abs=1e-3)
         assert greedy == expected_greedy
-    assert got[2][0] == pytest.approx(harness.loglikelihood([("The cat sat on the", " moon")])[0][0], abs=1e-5)
+    assert got[2][0] == pytest.approx(
+        harness.loglikelihood([("The cat sat on the", " moon")])[0][0], abs=1e-5
+    )
 
 
 def test_shared_prefix_equals_from_scratch(finch, tokenizer):

@@ -63,8 +63,9 @@ def hand_loglikelihood(model, tokenizer, context: str, continuation: str) -> flo
 
 
 def test_simple_evaluate_local_task(task_dir, finch_path, finch, tokenizer):
-    import eaglefinch.evaluation.lm_eval_adapter  # noqa: F401  (registers "eaglefinch")
     from lm_eval.tasks import TaskManager
+
+    import eaglefinch.evaluation.lm_eval_adapter  # noqa: F401  (registers "eaglefinch")
 
     results = lm_eval.simple_evaluate(
         model="eaglefinch",

@@ -36,7 +36,9 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    encode: Callable[[str], list[int]], context: str, continuation: str
+) -> tuple[list[int], list[int]]:
     """Token ids of a (context, continuation) request, as lm-eval's HF model makes them."""
     context, continuation = split_pair(context, continuation)
     whole = encode(context + continuation)
@@ -79,7 +81,9 @@ class HarnessModel:
         encoded = [encode_pair(self.tokenizer.encode, c, x) for c, x in requests]
         return self.loglikelihood_tokens([(self._context_ids(c), x) for c, x in encoded])
 
-    def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def loglikelihood_tokens(
+        self, requests: Sequence[tuple[list[int], list[int]]]
+    ) -> list[tuple[float, bool]]:
         """As ``loglikelihood`` for token ids; each context is used as given (no prefix added)."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         if not self.share_prefix:
@@ -92,8 +96,11 @@ class HarnessModel:
             groups.setdefault(tuple(context), []).append(i)
         for context, members in groups.items():
             scores = score_continuations(
-                self.model, context, [requests[i][1] for i in members],
-                batch_size=self.batch_size, chunk_len=self.chunk_len,
+                self.model,
+                context,
+                [requests[i][1] for i in members],
+                batch_size=self.batch_size,
+                chunk_len=self.chunk_len,
             )
             for i, score in zip(members, scores, strict=True):
                 results[i] = (score.logprob, score.is_greedy)

@@ -47,9 +47,18 @@ class EaglefinchLM(LM):
     context shared by several requests; ``prefix_eot`` (default true) start contexts after token 0.
     """
 
-    def __init__(self, pretrained, dtype: str | None = None, batch_size: int | str = 8, device: str | None = None,
-                 share_prefix: bool | str = True, prefix_eot: bool | str = True, tokenizer=None,
-                 max_batch_size: int | None = None, **unused) -> None:
+    def __init__(
+        self,
+        pretrained,
+        dtype: str | None = None,
+        batch_size: int | str = 8,
+        device: str | None = None,
+        share_prefix: bool | str = True,
+        prefix_eot: bool | str = True,
+        tokenizer=None,
+        max_batch_size: int | None = None,
+        **unused,
+    ) -> None:
         super().__init__()
         from eaglefinch.checkpoint import load
         from eaglefinch.model.rwkv import RWKV
@@ -62,8 +71,11 @@ class EaglefinchLM(LM):
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
             batch_size = 8
         self.harness = HarnessModel(
-            model.eval(), tokenizer or WorldTokenizer(), batch_size=int(batch_size),
-            share_prefix=_flag(share_prefix), prefix_eot=_flag(prefix_eot),
+            model.eval(),
+            tokenizer or WorldTokenizer(),
+            batch_size=int(batch_size),
+            share_prefix=_flag(share_prefix),
+            prefix_eot=_flag(prefix_eot),
         )
 
     @property
@@ -100,7 +112,9 @@ class EaglefinchLM(LM):
             if isinstance(until, str):
                 until = [until]
             if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0:
-                raise ConfigError("the eaglefinch lm-eval model decodes greedily: set do_sample=False, temperature=0")
+                raise ConfigError(
+                    "the eaglefinch lm-eval model decodes greedily: set do_sample=False, temperature=0"
+                )
             text = self.harness.generate_until(
                 context, until, int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
             )

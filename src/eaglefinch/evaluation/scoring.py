@@ -38,8 +38,9 @@ class ContinuationScore:
 
 
 @torch.no_grad()
-def run_tokens(model: RWKV, tokens: Sequence[int], state: RWKVState | None = None,
-               chunk_len: int = 1024) -> RWKVState:
+def run_tokens(
+    model: RWKV, tokens: Sequence[int], state: RWKVState | None = None, chunk_len: int = 1024
+) -> RWKVState:
     """Feed ``tokens`` (batch of one) in pieces of ``chunk_len``; return the state after the last one.
 
     No logits are computed. An empty ``tokens`` returns ``state`` (or a fresh one) unchanged.
@@ -149,7 +150,9 @@ class TokenScorer:
         for start in range(0, ids.numel(), self.chunk_len):
             targets = ids[start : start + self.chunk_len]
             inputs = torch.cat([torch.tensor([self._last]), targets[:-1]])
-            hidden, self.state = self.model.forward_hidden(inputs.unsqueeze(0).to(self.model.device), self.state)
+            hidden, self.state = self.model.forward_hidden(
+                inputs.unsqueeze(0).to(self.model.device), self.state
+            )
             logits = self.model.head(hidden[0]).float()  # (t, V)
             logprobs = -F.cross_entropy(logits, targets.to(logits.device), reduction="none")
             out.append(logprobs.double().cpu())
@@ -160,8 +163,9 @@ class TokenScorer:
         return scored
 
 
-def score_document(model: RWKV, tokens: Sequence[int], *, chunk_len: int = 512,
-                   prefix: Sequence[int] = (END_OF_TEXT,)) -> tuple[float, int]:
+def score_document(
+    model: RWKV, tokens: Sequence[int], *, chunk_len: int = 512, prefix: Sequence[int] = (END_OF_TEXT,)
+) -> tuple[float, int]:
     """``(sum of log-probs in nats, number of tokens)`` of a whole document after ``prefix``."""
     scorer = TokenScorer(model, chunk_len)
     scorer.feed(list(prefix) + list(tokens))
