@@ -1,0 +1,1 @@
+"""MQAR (multi-query associative recall): data, models, training, sweep and report."""
