@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-repeats", type=int, default=2, help="the reference is slow")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_speed.json")
     args = parser.parse_args(argv)
+    info = machine()  # before the runs: the load average then
 
     from eaglefinch.tokenizer import WorldTokenizer
 
@@ -249,19 +250,26 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     # Loading, in a fresh interpreter (imports excluded), best of three.
-    fresh = (
-        "import time; from eaglefinch.tokenizer import WorldTokenizer; "
-        "t = time.perf_counter(); WorldTokenizer(); print(time.perf_counter() - t)"
+    timer = "t, c = time.perf_counter(), time.process_time(); {call}; "
+    timer += "print(time.perf_counter() - t, time.process_time() - c)"
+    fresh = "import time; from eaglefinch.tokenizer import WorldTokenizer; " + timer.format(
+        call="WorldTokenizer()"
     )
-    loads = [load_time_fresh(fresh) for _ in range(3)]
-    results[name]["load_s_fresh_process"] = min(x for x in loads if x is not None) if any(loads) else None
-    results[name]["load_s_in_process"], _, _ = best(WorldTokenizer, 3)
+    loads = [x for x in (load_time_fresh(fresh) for _ in range(3)) if x is not None]
+    if loads:
+        results[name]["load_s_fresh_process"] = min(w for w, _ in loads)
+        results[name]["load_s_fresh_process_cpu"] = min(c for _, c in loads)
+    results[name]["load_s_in_process"], results[name]["load_s_in_process_cpu"], _ = best(WorldTokenizer, 3)
     if "missing" not in results[reference_name]:
-        ref_fresh = (
-            "import time; from rwkv.rwkv_tokenizer import TRIE_TOKENIZER; "
-            f"t = time.perf_counter(); TRIE_TOKENIZER({str(VOCAB)!r}); print(time.perf_counter() - t)"
+        ref_fresh = "import time; from rwkv.rwkv_tokenizer import TRIE_TOKENIZER; " + timer.format(
+            call=f"TRIE_TOKENIZER({str(VOCAB)!r})"
         )
-        results[reference_name]["load_s_fresh_process"] = load_time_fresh(ref_fresh)
+        ref_load = load_time_fresh(ref_fresh)
+        if ref_load is not None:
+            (
+                results[reference_name]["load_s_fresh_process"],
+                results[reference_name]["load_s_fresh_process_cpu"],
+            ) = ref_load
 
     # Several processes on a file of the same text.
     import tempfile
@@ -289,8 +297,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios["load reference / ours"] = (
             results[reference_name]["load_s_fresh_process"] / ours_result["load_s_fresh_process"]
         )
+        ratios["load reference / ours (CPU)"] = (
+            results[reference_name]["load_s_fresh_process_cpu"] / ours_result["load_s_fresh_process_cpu"]
+        )
+    for peer_name in (reference_name, rust_name):
+        peer = results[peer_name]
+        if "encode_MBps_cpu" in peer:
+            ratios[f"encode cold / {peer_name} (CPU)"] = (
+                ours_result["encode_MBps_cold_cpu"] / peer["encode_MBps_cpu"]
+            )
+            ratios[f"encode warm / {peer_name} (CPU)"] = (
+                ours_result["encode_MBps_warm_cpu"] / peer["encode_MBps_cpu"]
+            )
+            ratios[f"decode / {peer_name} (CPU)"] = ours_result["decode_MBps_cpu"] / peer["decode_MBps_cpu"]
 
-    info = machine()
     try:
         info["load_average_at_end"] = list(os.getloadavg())
     except OSError:
@@ -305,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "text": text_info,
         "method": (
-            "MB/s = UTF-8 bytes of the text / best wall time of the repeats (the *_cpu figures use "
-            "process CPU time, steadier on a shared machine). Encode takes str, decode gives str. "
-            "eaglefinch cold: cache cleared before each run."
+            "MB/s = UTF-8 bytes of the text / best time of the repeats, runs interleaved. Wall-clock "
+            "figures depend on what else the machine runs (see the load averages); the *_cpu figures "
+            "use this process's CPU time and are steadier on a shared machine. Encode takes str and "
+            "returns a list of ints; decode takes that list and returns str. eaglefinch cold: its "
+            "cache of chunk encodings cleared before each run; warm: kept from the run before."
         ),
         "results": results,
         "ratios": ratios,

@@ -54,6 +54,7 @@ def test_small_vocabulary_with_every_literal_kind():
         ("300 7 1", "not a str or bytes literal (it is a int)"),
         ("300 'ab'", "expected 'ID LITERAL LENGTH'"),
         ("x 'ab' 2", "expected 'ID LITERAL LENGTH'"),
+        ("\u0663 'ab' 2", "expected 'ID LITERAL LENGTH'"),  # a digit, but not an ASCII one
         ("", "expected 'ID LITERAL LENGTH'"),
         ("0 'ab' 2", "id 0 is reserved"),
         ("5 'ab' 2", "id 5 is already defined on line 5"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -96,11 +97,17 @@ _worker_encoder: GreedyEncoder | None = None
 def _init_worker(encoder: GreedyEncoder | None, vocab_path: str | None) -> None:
     global _worker_encoder
     # Under "fork" the encoder comes along; otherwise each worker loads the vocabulary.
-    _worker_encoder = encoder if encoder is not None else GreedyEncoder(load_vocab(vocab_path))
+    if encoder is not None:
+        # A lock copied while another thread of the parent held it would stay held forever.
+        encoder._lock = threading.Lock()
+        _worker_encoder = encoder
+    else:
+        _worker_encoder = GreedyEncoder(load_vocab(vocab_path))
 
 
 def _encode_part(path: str, start: int, end: int, read_bytes: int) -> np.ndarray:
-    assert _worker_encoder is not None
+    if _worker_encoder is None:
+        raise RuntimeError("worker not initialised")
     with _open(path) as handle:
         handle.seek(start)
         parts = list(encode_stream(_worker_encoder, _range_reader(handle, end), read_bytes))

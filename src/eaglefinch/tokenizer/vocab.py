@@ -25,7 +25,7 @@ END_OF_TEXT = 0
 
 # One line; group 2 is a plain single-quoted literal (no quote or backslash inside, so its text is
 # its value), group 3 any other literal, left to ast.literal_eval.
-_LINE = re.compile(r"^(\d+) (?:'([^'\\\n]*)'|(.+)) (\d+)$", re.MULTILINE)
+_LINE = re.compile(r"^([0-9]+) (?:'([^'\\\n]*)'|(.+)) ([0-9]+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
