@@ -84,6 +84,11 @@ class ByteTrie:
         self.token[slot[1:][is_token]] = sorted_ids[piece_of[is_token]]
         self.max_depth = width
         self._lists: tuple[list[int], ...] | None = None  # the arrays as lists, for encode_small
+        # Node of every two-byte prefix, by a << 8 | b (-1: none): a walk's first two steps in
+        # one gather.
+        self.pair_node = np.full(1 << 16, -1, np.int32)
+        two = np.flatnonzero(depth == 2)
+        self.pair_node[(label[parent[two]].astype(np.int64) << 8) | label[two]] = slot[1:][two]
 
         # The longest token on the path to each node (the node itself included), and its length:
         # where a walk stops, this is the longest match. Filled level by level, parents first.
@@ -105,14 +110,19 @@ class ByteTrie:
         """Longest token starting at each ``pos`` and ending by ``limit``: ids (int32) and lengths
         (int64), ``[P]``.
 
-        ``u8`` holds the bytes, followed by at least :attr:`max_depth` padding bytes; ``pos <
-        limit <= len(u8) - max_depth``; every single byte must be a token. Fastest when a walk
-        rarely passes its limit (true where the limit is a cut, see :mod:`.greedy`).
+        ``u8`` holds the bytes, followed by at least ``max(2, max_depth)`` padding bytes; ``pos <
+        limit <= len(u8) - max(2, max_depth)``. Fastest when a walk rarely passes its limit (true
+        where the limit is a cut, see :mod:`.greedy`).
         """
-        node = self.base[ROOT] + u8[pos].astype(np.int32)
-        deepest = node.copy()
-        active = np.arange(len(pos))
-        at = pos + 1  # next byte to read
+        first = u8[pos]
+        pair = first.astype(np.intp) << 8
+        pair |= u8[pos + 1]
+        node = self.pair_node[pair]
+        going = node >= 0
+        deepest = np.where(going, node, self.base[ROOT] + first.astype(np.int32))
+        active = np.flatnonzero(going)
+        node = node[active]
+        at = pos[active] + 2  # next byte to read
         # Walk every position down the trie until its bytes leave it; where it stops is the
         # deepest node, whose best token is the longest match.
         while active.size:
