@@ -2,9 +2,11 @@
 
 With r0 = layer / (L - 1) (0 to 1), r1 = 1 - layer / L (1 to almost 0), ddd[n] = n / C:
 time_decay[n] = -6 + 5 (n / (A - 1))^(0.7 + 1.3 r0); time_faaaa[n] = r0 (1 - n / (A - 1)) + zigzag(n);
-the token-shift mixes are powers of ddd (Finch stores their complements). Matrices are orthogonal,
-with gain sqrt(out / in) where out > in, scaled 0.1 for att.key / att.gate, 0 for att.output,
-ffn.value and ffn.receptance; the head's gain is 0.5 sqrt(V / C); the embedding is uniform(+-1e-4).
+the token-shift mixes are powers of ddd (Finch stores their complements). Matrices are orthogonal
+with gain 1, 0.1 for att.key / att.gate, 0 for att.output, ffn.value and ffn.receptance; the head's
+gain is 0.5 sqrt(V / C) (0.5 when V <= C); the embedding is uniform(+-1e-4). The per-head GroupNorm
+weight ln_x starts at ((layer + 1) / L)^0.7, the other norms at weight 1, bias 0 (``generate_init_weight``
+in RWKV-LM's RWKV-v5/src/model.py, which serves x052 and x060 alike).
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> 
             att.time_decay_w2.uniform_(-0.01, 0.01, generator=generator)
             put(ffn.time_maa_k, 1 - ddd**r1)
             put(ffn.time_maa_r, 1 - ddd**r1)
-        for norm in (att.ln_x, block.ln1, block.ln2, getattr(block, "ln0", None)):
+        for norm in (block.ln1, block.ln2, getattr(block, "ln0", None)):
             if norm is not None:
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
+        # Deeper layers start with a larger output norm: the trainer's layer scale for ln_x.
+        att.ln_x.weight.fill_(((i + 1) / L) ** 0.7)
+        att.ln_x.bias.zero_()
     model.ln_out.weight.fill_(1.0)
     model.ln_out.bias.zero_()
     model.emb.weight.uniform_(-1e-4, 1e-4, generator=generator)
@@ -84,10 +89,8 @@ def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> 
     for name, param in model.named_parameters():
         if param.dim() != 2 or not name.endswith(".weight") or name == "emb.weight":
             continue
-        out_dim, in_dim = param.shape
-        gain = math.sqrt(out_dim / in_dim) if out_dim > in_dim else 1.0
         if name == "head.weight":
-            scale = 0.5
+            scale = 0.5 * math.sqrt(V / C) if V > C else 0.5
         elif any(tag in f".{name}" for tag in ZERO_MATRICES):
             scale = 0.0
         elif any(tag in f".{name}" for tag in SMALL_MATRICES):
@@ -97,4 +100,4 @@ def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> 
         if scale == 0.0:
             param.zero_()
         else:
-            nn.init.orthogonal_(param, gain=gain * scale, generator=generator)
+            nn.init.orthogonal_(param, gain=scale, generator=generator)
