@@ -13,6 +13,8 @@ import importlib
 # subcommand name -> module path
 EXPERIMENTS: dict[str, str] = {
     "mqar": "eaglefinch.experiments.mqar.sweep",
+    "long-context": "eaglefinch.experiments.long_context.run",
+    "kernels": "eaglefinch.experiments.kernels",
 }
 
 
