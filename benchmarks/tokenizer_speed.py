@@ -103,15 +103,24 @@ def best(fn, repeats: int, before=None) -> tuple[float, float, object]:
     return min(walls), min(cpus), result
 
 
-def load_time_fresh(code: str) -> float | None:
-    """Seconds to run ``code`` (which prints its own timing) in a fresh interpreter."""
+def load_time_fresh(code: str, env: dict | None = None) -> tuple[float, float] | str:
+    """Wall and CPU seconds that ``code`` prints (as "WALL CPU") when run in a fresh interpreter,
+    or what went wrong."""
     try:
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+            env={**os.environ, **(env or {})},
         )
-        return float(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        return None
+        wall, cpu = out.stdout.strip().splitlines()[-1].split()
+        return float(wall), float(cpu)
+    except subprocess.CalledProcessError as error:
+        return f"failed: {error.stderr.strip().splitlines()[-1:]}"
+    except (subprocess.SubprocessError, ValueError, IndexError) as error:
+        return f"failed: {error}"
 
 
 def git_commit() -> str | None:
@@ -255,21 +264,27 @@ def main(argv: list[str] | None = None) -> int:
     fresh = "import time; from eaglefinch.tokenizer import WorldTokenizer; " + timer.format(
         call="WorldTokenizer()"
     )
-    loads = [x for x in (load_time_fresh(fresh) for _ in range(3)) if x is not None]
-    if loads:
-        results[name]["load_s_fresh_process"] = min(w for w, _ in loads)
-        results[name]["load_s_fresh_process_cpu"] = min(c for _, c in loads)
+    # With the table cache (written by the runs above), and without it (parse and build).
+    for label, env in (("", None), ("_no_cache", {"EAGLEFINCH_CACHE_DIR": ""})):
+        loads = [load_time_fresh(fresh, env) for _ in range(3)]
+        timed = [x for x in loads if not isinstance(x, str)]
+        if timed:
+            results[name][f"load_s_fresh_process{label}"] = min(w for w, _ in timed)
+            results[name][f"load_s_fresh_process{label}_cpu"] = min(c for _, c in timed)
+        else:
+            results[name][f"load_s_fresh_process{label}"] = loads[0]
     results[name]["load_s_in_process"], results[name]["load_s_in_process_cpu"], _ = best(WorldTokenizer, 3)
     if "missing" not in results[reference_name]:
         ref_fresh = "import time; from rwkv.rwkv_tokenizer import TRIE_TOKENIZER; " + timer.format(
             call=f"TRIE_TOKENIZER({str(VOCAB)!r})"
         )
         ref_load = load_time_fresh(ref_fresh)
-        if ref_load is not None:
-            (
-                results[reference_name]["load_s_fresh_process"],
-                results[reference_name]["load_s_fresh_process_cpu"],
-            ) = ref_load
+        if isinstance(ref_load, str):
+            results[reference_name]["load_s_fresh_process"] = ref_load
+        else:
+            wall, cpu = ref_load
+            results[reference_name]["load_s_fresh_process"] = wall
+            results[reference_name]["load_s_fresh_process_cpu"] = cpu
 
     # Several processes on a file of the same text.
     import tempfile
@@ -293,13 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"encode cold / {peer_name}"] = ours_result["encode_MBps_cold"] / peer["encode_MBps"]
             ratios[f"encode warm / {peer_name}"] = ours_result["encode_MBps_warm"] / peer["encode_MBps"]
             ratios[f"decode / {peer_name}"] = ours_result["decode_MBps"] / peer["decode_MBps"]
-    if "load_s_fresh_process" in results[reference_name] and ours_result.get("load_s_fresh_process"):
-        ratios["load reference / ours"] = (
-            results[reference_name]["load_s_fresh_process"] / ours_result["load_s_fresh_process"]
-        )
-        ratios["load reference / ours (CPU)"] = (
-            results[reference_name]["load_s_fresh_process_cpu"] / ours_result["load_s_fresh_process_cpu"]
-        )
+    reference_load = results[reference_name].get("load_s_fresh_process")
+    for label in ("", "_no_cache"):
+        ours_load = ours_result.get(f"load_s_fresh_process{label}")
+        if isinstance(reference_load, float) and isinstance(ours_load, float):
+            ratios[f"load reference / ours{label}"] = reference_load / ours_load
     for peer_name in (reference_name, rust_name):
         peer = results[peer_name]
         if "encode_MBps_cpu" in peer:

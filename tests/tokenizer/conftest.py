@@ -16,6 +16,18 @@ import pytest
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_table_cache(tmp_path_factory):
+    """Tokenizers built here keep their tables in a temporary folder, not the user's cache."""
+    old = os.environ.get("EAGLEFINCH_CACHE_DIR")
+    os.environ["EAGLEFINCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("table-cache"))
+    yield
+    if old is None:
+        del os.environ["EAGLEFINCH_CACHE_DIR"]
+    else:
+        os.environ["EAGLEFINCH_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def tok():
     from eaglefinch import WorldTokenizer

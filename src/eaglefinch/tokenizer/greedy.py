@@ -125,7 +125,9 @@ class GreedyEncoder:
     _SEGMENTS_MAX = 1 << 21
     _POOL_MAX = 1 << 22
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary, built: dict[str, np.ndarray] | None = None) -> None:
+        """``built``: the arrays of :meth:`built_arrays` of an encoder of the same vocabulary, to
+        skip building them (see :mod:`.cache`)."""
         by_id = vocab.by_id
         ids, pieces, lengths, blob = vocab.ids, vocab.pieces, vocab.lengths, vocab.blob
         self.max_token_bytes = int(lengths.max())
@@ -138,8 +140,26 @@ class GreedyEncoder:
         self.small_bytes = SMALL_BYTES
         self._lengths_by_id = np.zeros(len(by_id), np.int64)
         self._lengths_by_id[ids] = lengths
-        starts = np.cumsum(lengths) - lengths
+        if built is not None:
+            self._cut = np.asarray(built["cut"], dtype=bool)
+            self._trie = ByteTrie.from_arrays({k[5:]: v for k, v in built.items() if k.startswith("trie_")})
+            self._tokens = [
+                PackedTable.from_state(built[f"tokens{c}_records"], built[f"tokens{c}_meta"])
+                for c in range(len(_CLASSES))
+            ]
+        else:
+            self._build(ids, pieces, lengths, blob)
+        self._cache = [
+            PackedTable(words, bits) for (words, _, _), bits in zip(_CLASSES, _CACHE_BITS, strict=True)
+        ]
+        self._long_tokens = {pieces[k]: int(ids[k]) for k in np.flatnonzero(lengths > _KEYED_MAX).tolist()}
+        self._long_cache: dict[bytes, int] = {}  # cached encodings of chunks over _KEYED_MAX bytes
+        self._segments = _Segments(len(by_id))
+        self._lock = threading.Lock()
 
+    def _build(self, ids: np.ndarray, pieces: list[bytes], lengths: np.ndarray, blob: bytes) -> None:
+        """The cut table, the trie and the token tables, from the vocabulary."""
+        starts = np.cumsum(lengths) - lengths
         # Cut table, by pair code a << 8 | b: True where no entry contains the pair ab.
         blob_u8 = np.frombuffer(blob, np.uint8)
         inside = np.ones(len(blob) - 1, bool)
@@ -150,23 +170,25 @@ class GreedyEncoder:
 
         self._trie = ByteTrie(pieces, ids, lengths, blob)
 
-        # Chunk tables: the tokens (fixed), and a cache of multi-token chunks per key size. The
-        # token tables are a quarter full (short probe runs) and still small: gathers from a
-        # table that fits in the CPU cache are several times faster.
-        self._tokens: list[PackedTable] = []
-        self._cache: list[PackedTable] = []
+        # Token tables, one per key size (the cache of multi-token chunks has its own). They are
+        # a quarter full (short probe runs) and still small: gathers from a table that fits in
+        # the CPU cache are several times faster.
+        self._tokens = []
         padded = blob + self._pad
-        for (words, low, high), cache_bits in zip(_CLASSES, _CACHE_BITS, strict=True):
+        for words, low, high in _CLASSES:
             rows = np.flatnonzero((lengths >= low) & (lengths <= high))
             table = PackedTable(words, _bits_for(len(rows)) + 1)
             slots = table.insert(pack(padded, starts[rows], lengths[rows], words))
             table.values[slots] = ids[rows]
             self._tokens.append(table)
-            self._cache.append(PackedTable(words, cache_bits))
-        self._long_tokens = {pieces[k]: int(ids[k]) for k in np.flatnonzero(lengths > _KEYED_MAX).tolist()}
-        self._long_cache: dict[bytes, int] = {}  # cached encodings of chunks over _KEYED_MAX bytes
-        self._segments = _Segments(len(by_id))
-        self._lock = threading.Lock()
+
+    def built_arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`_build` makes, as named arrays (the ``built`` argument of the constructor)."""
+        out = {"cut": self._cut}
+        out.update({f"trie_{name}": array for name, array in self._trie.arrays().items()})
+        for c, table in enumerate(self._tokens):
+            out[f"tokens{c}_records"], out[f"tokens{c}_meta"] = table.state()
+        return out
 
     # ------------------------------------------------------------------ public
 

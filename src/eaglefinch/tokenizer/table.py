@@ -83,6 +83,20 @@ class PackedTable:
         self.max_displacement = 0  # farthest any key sits from its home slot
         self.scratch = np.zeros(self.size, np.int64)  # free for callers between calls
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table as arrays: its records and ``[words, bits, used, max_displacement]``."""
+        return self._records, np.array([self.words, self.bits, self.used, self.max_displacement])
+
+    @classmethod
+    def from_state(cls, records: np.ndarray, meta: np.ndarray) -> PackedTable:
+        words, bits, used, max_displacement = (int(x) for x in meta)
+        table = cls(words, bits)
+        if records.shape != table._records.shape:
+            raise ValueError("records do not fit the table")
+        table._records[:] = records
+        table.used, table.max_displacement = used, max_displacement
+        return table
+
     def clear(self) -> None:
         self._records.fill(0)
         self.used = 0

@@ -18,6 +18,23 @@ class ByteTrie:
     """Double-array trie of byte strings ``pieces[i]`` with ids ``ids[i]`` (ids > 0, pieces distinct,
     every single byte among them)."""
 
+    ARRAYS = ("base", "check", "token", "best_token", "best_length", "pair_node")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything the trie is, as arrays (for :meth:`from_arrays`)."""
+        out = {name: getattr(self, name) for name in self.ARRAYS}
+        out["max_depth"] = np.array(self.max_depth)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ByteTrie:
+        trie = cls.__new__(cls)
+        for name in cls.ARRAYS:
+            setattr(trie, name, np.ascontiguousarray(arrays[name], dtype=np.int32))
+        trie.max_depth = int(arrays["max_depth"])
+        trie._lists = None
+        return trie
+
     def __init__(self, pieces: list[bytes], ids: np.ndarray, lengths: np.ndarray, blob: bytes) -> None:
         """``lengths[i] = len(pieces[i])``; ``blob`` is the pieces joined, in order."""
         lengths = np.asarray(lengths, dtype=np.int64)

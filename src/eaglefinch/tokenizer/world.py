@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from eaglefinch.errors import TokenizerError
-from eaglefinch.tokenizer import files
+from eaglefinch.tokenizer import cache, files
 from eaglefinch.tokenizer.decoding import Decoder, Errors, as_id_array
 from eaglefinch.tokenizer.greedy import BLOCK_BYTES, GreedyEncoder
 from eaglefinch.tokenizer.stream import StreamDecoder
-from eaglefinch.tokenizer.vocab import END_OF_TEXT, Vocabulary, load_vocab
+from eaglefinch.tokenizer.vocab import END_OF_TEXT, Vocabulary, decode_vocab_file, read_vocab_file
 
 Ids = Sequence[int] | np.ndarray
 _SMALL_IDS = 64  # up to this many ids (a generation step) skip numpy
@@ -64,11 +64,36 @@ class WorldTokenizer:
 
     def __init__(self, vocab_path: str | Path | None = None) -> None:
         self._vocab_path = None if vocab_path is None else str(vocab_path)
-        self._setup(load_vocab(vocab_path))
+        data, source = read_vocab_file(vocab_path)
+        key = cache.key_for(data)
+        stored = cache.load(key)
+        if stored is not None:
+            try:
+                vocab = Vocabulary.from_arrays(
+                    stored["vocab_ids"],
+                    stored["vocab_lengths"],
+                    stored["vocab_blob"].tobytes(),
+                    int(stored["vocab_size"]),
+                    source,
+                )
+                self._setup(vocab, GreedyEncoder(vocab, built=stored))
+                return
+            except (KeyError, ValueError, TypeError, IndexError):
+                pass  # not what this code writes: build afresh (and overwrite it)
+        vocab = decode_vocab_file(data, source)
+        self._setup(vocab, GreedyEncoder(vocab))
+        arrays = self._encoder.built_arrays()
+        arrays.update(
+            vocab_ids=vocab.ids,
+            vocab_lengths=vocab.lengths,
+            vocab_size=np.array(len(vocab.by_id)),
+            vocab_blob=np.frombuffer(vocab.blob, np.uint8),
+        )
+        cache.save(key, arrays)
 
-    def _setup(self, vocab: Vocabulary) -> None:
+    def _setup(self, vocab: Vocabulary, encoder: GreedyEncoder | None = None) -> None:
         self.vocab = vocab
-        self._encoder = GreedyEncoder(vocab)
+        self._encoder = encoder if encoder is not None else GreedyEncoder(vocab)
         self._decoder = Decoder(vocab)
         self._id_of: dict[bytes, int] | None = None  # built on first use
 
