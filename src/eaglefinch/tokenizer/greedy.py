@@ -86,18 +86,18 @@ class _Segments:
     def expand(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens of chunks with these chunk-table values (ids, or minus segments), in order
         (int32 ``[T]``), and each chunk's token count (int64 ``[M]``)."""
-        segments = np.abs(values)
-        counts = self.counts[segments]
+        multi = np.flatnonzero(values < 0)
+        counts = np.ones(len(values), np.int64)
+        c = self.counts[-values[multi]]
+        counts[multi] = c
         # Repeat each chunk's value count times: right for one-token chunks, whose value is the
         # id; the runs of multi-token chunks are then overwritten with their tokens.
-        tokens = np.repeat(segments.astype(np.int32, copy=False), counts)
-        multi = np.flatnonzero(values < 0)
+        tokens = np.repeat(values.astype(np.int32), counts)
         if multi.size:
-            c = counts[multi]
             first = (np.cumsum(counts) - counts)[multi]  # where each multi-token chunk's run starts
             within = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
             tokens[np.repeat(first, c) + within] = self.pool[
-                np.repeat(self.offsets[segments[multi]], c) + within
+                np.repeat(self.offsets[-values[multi]], c) + within
             ]
         return tokens, counts
 
