@@ -52,7 +52,8 @@ from eaglefinch.checkpoint import model_from_state_dict  # noqa: E402
 from eaglefinch.model.decode import DecodeModel  # noqa: E402
 from eaglefinch.testing import random_state_dict  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 PRESETS = {"finch-l12-d768": "finch-l12-d768", "eagle-l24-d1024": "eagle-0.4b"}
 PACKAGE = ("rwkv cpu fp32", "rwkv cpu bf16")
 OURS = (
@@ -74,14 +75,14 @@ def machine() -> dict:
         pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "--", "src", "benchmarks"],
                 capture_output=True,
                 text=True,
-                cwd=Path(__file__).parent,
+                cwd=REPO,
             ).stdout.strip()
         )
     except OSError:
