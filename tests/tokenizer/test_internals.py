@@ -48,6 +48,16 @@ def test_table_against_a_dict():
         again = table.insert(_keys(stored + stored[:10], words))
         assert again.tolist() == slots.tolist() + slots[:10].tolist()
         assert table.used == len(stored)
+        # Keys known to be new (with repeats among them), as the encoder adds chunks it missed.
+        fresh = PackedTable(words, 12)
+        batch = stored[::2] + stored[::6]
+        placed = fresh.insert(_keys(batch, words), absent=True)
+        first_slot = {}
+        for key, slot in zip(batch, placed.tolist(), strict=True):
+            assert first_slot.setdefault(key, slot) == slot
+        assert len(set(first_slot.values())) == len(first_slot) == fresh.used
+        fresh.values[placed] = 5
+        assert (fresh.get(_keys(stored[::2], words)) == 5).all()
 
 
 def test_table_stops_at_its_limit():

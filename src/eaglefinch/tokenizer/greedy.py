@@ -353,7 +353,7 @@ class GreedyEncoder:
                 if new.size:
                     # Add the new ones: equal chunks get one slot, which will hold their segment.
                     sel = sel[new]
-                    placed.append((sel, table.insert([k[new] for k in keys]), table))
+                    placed.append((sel, table.insert([k[new] for k in keys], absent=True), table))
         return values, placed
 
     def _token_values_longer(self, buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -162,25 +162,32 @@ class PackedTable:
             probing = probing[~found & (records[:, self.words - 1] != 0)]
         return out
 
-    def insert(self, keys: list[np.ndarray], limit: int | None = None) -> np.ndarray:
+    def insert(self, keys: list[np.ndarray], limit: int | None = None, absent: bool = False) -> np.ndarray:
         """Find or add each key; return its slot (int64 ``[M]``). New slots get value 0.
 
         Equal keys in one call share a slot. Once ``used`` reaches ``limit`` (default: three
-        quarters of the slots), keys not yet placed get slot -1.
+        quarters of the slots), keys not yet placed get slot -1. ``absent``: the caller has just
+        found none of the keys in the table (saves looking).
         """
         limit = self.size * 3 // 4 if limit is None else min(limit, self.size * 3 // 4)
         home = self._home(keys)
         out = home.copy()
-        # Most keys of a warm cache are at home: settle those without the rounds below.
-        pending = np.flatnonzero(~self._matches(self._fetch(home), keys))
-        if not pending.size:
-            return out
+        everything = absent
+        if absent:
+            pending = np.arange(len(home))
+        else:
+            # Most keys of a warm cache are at home: settle those without the rounds below.
+            pending = np.flatnonzero(~self._matches(self._fetch(home), keys))
+            if not pending.size:
+                return out
         slots = home.copy()
         claim = self.scratch
         while pending.size:
-            slots_p = slots[pending]
+            # In the first round of an absent insert, pending is every key in order: no gathers.
+            slots_p = slots.copy() if everything else slots[pending]
             records = self._fetch(slots_p)
-            same = self._matches(records, [k[pending] for k in keys])
+            same = self._matches(records, keys if everything else [k[pending] for k in keys])
+            everything = False
             out[pending[same]] = slots_p[same]
             empty = records[:, self.words - 1] == 0
             # Several keys may want one empty slot: each writes its index, one write survives,
