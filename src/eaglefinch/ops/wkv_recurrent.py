@@ -52,6 +52,10 @@ def wkv_recurrent(
     B, T, H, N = r.shape
     if state is None:
         state = torch.zeros(B, H, N, N, dtype=torch.float32, device=r.device)
+    # Cast u and log_w once, not per step: the gradients of the per-step casts would otherwise be
+    # summed over T in the input dtype (bf16 loses ~2 digits over a few hundred tokens).
+    u = u.float()
+    log_w = log_w.float()
     log_w = log_w.expand(B, T, H, N) if log_w.dim() == 4 else log_w
     ys = []
     for t in range(T):
