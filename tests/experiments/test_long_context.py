@@ -118,3 +118,16 @@ def test_smoke_run_writes_json_plot_readme(tmp_path):
         assert all(np.isfinite(v) for v in m["ranges"].values())
     assert (tmp_path / "out" / "long_context.png").stat().st_size > 0
     assert "| Finch |" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("rises", "expected"),
+    [
+        ((0.3, 0.1, -0.05), "The paper's ordering shows"),
+        ((-0.01, -0.02, -0.05), "RWKV-4 does not climb"),
+        ((0.1, 0.3, 0.0), "does not show"),
+    ],
+)
+def test_verdict_needs_order_and_a_climbing_rwkv4(rises, expected):
+    models = {n: {"rise_past_ctx": r} for n, r in zip(("rwkv4", "eagle", "finch"), rises, strict=True)}
+    assert expected in lc_run.verdict(models, 512)

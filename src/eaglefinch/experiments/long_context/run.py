@@ -42,17 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=None,
                         help="JSON lines with 'title' and 'text' (.gz allowed); default: the shipped KJV slice")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=512, help="training context")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=50, help="training steps per model")
+    parser.add_argument("--steps", type=int, default=200, help="training steps per model")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--heldout", type=int, default=3, help="whole documents held out for evaluation")
     parser.add_argument("--eval-len", type=int, default=16384, help="tokens read per held-out document")
     parser.add_argument("--eval-chunk", type=int, default=1024, help="tokens per call, state carried between calls")
     parser.add_argument("--bins", type=int, default=24, help="log-spaced bins over positions 1..eval-len")
-    parser.add_argument("--vocab", type=int, default=2048,
+    parser.add_argument("--vocab", type=int, default=1024,
                         help="compact vocabulary: the most frequent training tokens, plus one unknown id")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -99,21 +99,25 @@ def range_means(mean: np.ndarray, ctx: int) -> dict[str, float]:
 
 
 def verdict(models: dict[str, dict], ctx: int) -> str:
-    """Whether the paper's ordering shows: RWKV-4 rises most past ``ctx``, Eagle less, Finch least."""
-    rise = {}
-    for name in ("rwkv4", "eagle", "finch"):
-        if name in models:
-            r = models[name]["ranges"]
-            keys = list(r)
-            rise[name] = r[keys[-1]] - r[keys[0]]
+    """Whether the paper's ordering shows: past ``ctx`` RWKV-4's loss climbs most, Eagle's less, Finch's least.
+
+    The change is the last position range's mean loss minus the mean over the second half of the
+    training window (the first half is dominated by the start of the document, where any model is
+    worse for lack of context).
+    """
+    rise = {n: models[n]["rise_past_ctx"] for n in ("rwkv4", "eagle", "finch") if n in models}
     if len(rise) < 3:
         return "Not all three recurrent models ran; no ordering to check."
-    order = sorted(rise, key=rise.get, reverse=True)
-    shown = order == ["rwkv4", "eagle", "finch"]
     parts = ", ".join(f"{LABELS[n]} {rise[n]:+.3f}" for n in ("rwkv4", "eagle", "finch"))
-    head = "The paper's ordering shows" if shown else "The paper's ordering does not show"
-    return (f"{head}: change in mean loss from the training window to the last range "
-            f"(last minus first column) is {parts}; the paper has RWKV-4 > Eagle > Finch.")
+    ordered = rise["rwkv4"] > rise["eagle"] > rise["finch"]
+    lead = (f"Change in mean loss from positions {ctx // 2 + 1}-{ctx} to the last range: {parts} "
+            "(the paper: RWKV-4 climbs, Eagle less, Finch stays low). ")
+    if ordered and rise["rwkv4"] > 0:
+        return lead + "The paper's ordering shows at this scale."
+    if ordered:
+        return lead + ("The changes are in the paper's order, but RWKV-4 does not climb past its training "
+                       "length, so the paper's effect does not show at this scale.")
+    return lead + "The paper's ordering does not show at this scale."
 
 
 def plot(path: Path, models: dict[str, dict], ctx: int, title: str) -> None:
@@ -204,12 +208,15 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         mean, count = average_over_documents(losses)
         centres, means = bin_means(mean, args.bins)
+        ranges = range_means(mean, args.ctx)
         result["models"][name] = {
             "params": sum(p.numel() for p in model.parameters()),
             "train_seconds": t1 - t0,
             "eval_seconds": t2 - t1,
             "train_loss_last10": float(np.mean(train_losses[-10:])),
-            "ranges": range_means(mean, args.ctx),
+            "ranges": ranges,
+            # last range minus the second half of the training window (see ``verdict``)
+            "rise_past_ctx": list(ranges.values())[-1] - float(mean[args.ctx // 2 : args.ctx].mean()),
             "documents_per_position_min": int(count.min()),
             "bins": {"position": centres.round(2).tolist(), "loss": means.round(5).tolist()},
         }
