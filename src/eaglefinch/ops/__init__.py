@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from eaglefinch.ops.wkv_chunked import wkv_chunked
 from eaglefinch.ops.wkv_recurrent import wkv_recurrent, wkv_step
 from eaglefinch.ops.wkv_reference import wkv_reference
-
-try:
-    from eaglefinch.ops.wkv_chunked import wkv_chunked
-except ImportError:  # pragma: no cover - during bring-up only
-    wkv_chunked = None
 
 __all__ = ["wkv", "wkv_chunked", "wkv_recurrent", "wkv_reference", "wkv_step"]
 
@@ -37,6 +33,6 @@ def wkv(
     if mode not in ("auto", "chunked", "recurrent"):
         raise ValueError(f"unknown WKV mode {mode!r}: use 'auto', 'chunked' or 'recurrent'")
     T = r.shape[1]
-    if mode == "recurrent" or (mode == "auto" and T == 1) or wkv_chunked is None:
+    if mode == "recurrent" or (mode == "auto" and T == 1):
         return wkv_recurrent(r, k, v, log_w, u, state)
     return wkv_chunked(r, k, v, log_w, u, state, chunk_size=chunk_size)
