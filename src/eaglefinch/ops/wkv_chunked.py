@@ -152,13 +152,14 @@ def _wkv_chunks(
     """
     B, H, T, N = r.shape
     nC = T // L
-    r, k, v = (x.reshape(B, H, nC, L, N) for x in (r, k, v))  # (B, H, chunk, token, N)
+    # (B, H, chunk, token, N), contiguous: made once here, or every product below copies its operands
+    r, k, v = (x.reshape(B, H, nC, L, N).contiguous() for x in (r, k, v))
     gB = g.shape[0]
     if g.shape[2] == 1:
         # constant decay: the same factors for every chunk (the size-1 chunk dim broadcasts)
         g = g.reshape(gB, H, 1, 1, N).expand(gB, H, 1, L, N)
     else:
-        g = g.reshape(gB, H, nC, L, N)
+        g = g.reshape(gB, H, nC, L, N).contiguous()
     # A log-decay below -LOG_W_FLOOR already makes every exponent it enters underflow to exactly 0,
     # in float64 too: clamping it changes no result, and keeps -inf out of the sums (0 * -inf).
     g = g.clamp(min=-LOG_W_FLOOR)
