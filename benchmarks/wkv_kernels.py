@@ -124,7 +124,7 @@ def timings(quick: bool) -> list[dict]:
             ("recurrent", "fp32", "forward", timed(wkv_recurrent, x, False), 2),
             ("recurrent", "bf16", "forward", timed(wkv_recurrent, x, False, torch.bfloat16), 2),
             # O(T^2) backward: about 5 s at T=2048 on a quiet machine, so once there
-            ("recurrent", "fp32", "forward+backward", timed(wkv_recurrent, x, True), 1 if T >= 2048 else 2),
+            ("recurrent", "fp32", "forward+backward", timed(wkv_recurrent, x, True), 1 if T >= 2048 else 3),
         ]
         xe = make_inputs(T, decay="eagle")
         contenders += [
