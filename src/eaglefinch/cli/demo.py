@@ -11,8 +11,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="train a tiny Finch on shipped data for ~3 minutes (CPU, no download), then sample",
-        description="Build a small corpus from data shipped with eaglefinch (about 70%% English, 15%% "
-        "multilingual, 15%% code), train a tiny Finch or Eagle on it on the CPU with a progress "
+        description="Build a small corpus from data shipped with eaglefinch (about 70% English, 15% "
+        "multilingual, 15% code), train a tiny Finch or Eagle on it on the CPU with a progress "
         "bar, print a sample, and say where the checkpoint and the loss plot went.",
     )
     p.add_argument("--arch", choices=["finch", "eagle"], default="finch")
