@@ -332,6 +332,7 @@ def plot(times: list[dict], mem: list[dict], path: Path) -> None:
         title=f"one layer, B={B}, H={H}, N={N}",
     )
     ax1.set_xticks(sorted({r["T"] for r in times}), [str(T) for T in sorted({r["T"] for r in times})])
+    ax1.minorticks_off()
     ax1.legend(fontsize=7)
     for kernel, pass_, color, style in (
         ("chunked", "forward+backward", "C0", "-"),
@@ -357,6 +358,7 @@ def plot(times: list[dict], mem: list[dict], path: Path) -> None:
     )
     Tm = sorted({r["T"] for r in mem})
     ax2.set_xticks(Tm, [str(T) for T in Tm])
+    ax2.minorticks_off()
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
