@@ -22,7 +22,7 @@ Result: benchmarks/results/wkv_kernels.json and wkv_kernels.png.
 Example (the shared 2-core machine, whose other load makes two threads stall on small ops):
 python benchmarks/wkv_kernels.py --threads 1  ->  "floor": {"train_step_speedup_min_wall": 12.4,
 "meets_10x": true, "memory_linear": true}; the recurrent training step varied 0.75-1.9 s at T=512
-between runs, so that minimum ranged 8-13x over the day, against 17-23x at 1024 and 31-43x at 2048.
+between runs, so that minimum ranged 7-12x over the day, against 16-23x at 1024 and 36-43x at 2048.
 """
 
 from __future__ import annotations
