@@ -33,7 +33,8 @@ class DemoOptions:
     sample_tokens: int = 80
     ctx_len: int = 128
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 4e-3  # a 2-layer, 128-wide model takes a high rate; cosine to a tenth of it
+    warmup_steps: int = 2
     seed: int = 0
     eval_batches: int = 4  # held-out batches evaluated before and after training
     workers: int | None = None
@@ -104,7 +105,7 @@ def run_demo(options: DemoOptions, log=print) -> dict:
     run_dir = out / "run"
     if (run_dir / "run.json").exists():  # the demo starts over; its own earlier run folder goes
         shutil.rmtree(run_dir)
-    val_tokens = min(options.eval_batches * options.batch_size * (options.ctx_len + 1), summary["tokens"] // 20)
+    val_tokens = min(options.eval_batches * options.batch_size * options.ctx_len, summary["tokens"] // 20)
     config = TrainConfig(
         data=str(prefix),
         out=str(run_dir),
@@ -113,7 +114,7 @@ def run_demo(options: DemoOptions, log=print) -> dict:
         seconds=options.seconds,
         lr=options.lr,
         lr_final=options.lr / 10,
-        warmup_steps=10,
+        warmup_steps=options.warmup_steps,
         schedule="cosine",
         seed=options.seed,
         resume=False,

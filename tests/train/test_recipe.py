@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -94,13 +92,15 @@ def test_l2wrap_adds_the_official_gradient():
 def test_windows_tile_each_epoch_and_ranks_share_the_stream():
     tokens = np.arange(1000, dtype=np.uint16)
     windows = TokenWindows(tokens, ctx_len=16, seed=3, val_tokens=100)
-    n = windows.n_windows
-    assert n == (900 - 1) // 16
-    starts = sorted(windows.start_of(i) for i in range(n))
-    shift = starts[0]
-    assert starts == [shift + 16 * k for k in range(n)]  # no overlap, nothing skipped but the slack
-    assert all(s + 17 <= 900 for s in starts)  # never into the held-out tail
+    n_slots = (1000 - 1) // 16
+    held_out = [int(s) * 16 for s in windows.val_slots]
+    assert len(held_out) == 7  # ceil(100 / 16) whole slots
+    assert windows.n_windows == n_slots - 7
+    starts = sorted(windows.start_of(i) for i in range(windows.n_windows))
+    assert sorted(starts + held_out) == [16 * k for k in range(n_slots)]  # every slot once, none twice
+    assert max(held_out) - min(held_out) > 300  # spread over the stream, not one block
     assert windows.start_of(5) == TokenWindows(tokens, 16, seed=3, val_tokens=100).start_of(5)
+    n = windows.n_windows
     assert [windows.start_of(i) for i in range(n)] != [windows.start_of(n + i) for i in range(n)]
     x, y = windows.batch(10, 4)
     assert x.shape == y.shape == (4, 16)
@@ -109,16 +109,17 @@ def test_windows_tile_each_epoch_and_ranks_share_the_stream():
     halves = torch.cat([windows.batch(10, 2)[0], windows.batch(12, 2)[0]])
     assert torch.equal(halves, x)
     val = list(windows.val_batches(batch_size=2))
-    assert sum(v[0].shape[0] for v in val) == (100 - 1) // 16
-    assert val[0][0][0, 0].item() == 900
+    assert sum(v[0].shape[0] for v in val) == 7
+    assert sorted(int(v[0][i, 0]) for v in val for i in range(v[0].shape[0])) == held_out
 
 
 def test_large_corpora_use_an_affine_order(monkeypatch):
     import eaglefinch.train.sampler as sampler
 
     monkeypatch.setattr(sampler, "PERMUTATION_LIMIT", 10)
-    windows = TokenWindows(np.zeros(64 * 37 + 1, dtype=np.uint16), ctx_len=64, seed=1)
-    assert sorted(windows.start_of(i) for i in range(37)) == [64 * k for k in range(37)]
+    windows = TokenWindows(np.zeros(64 * 37 + 1, dtype=np.uint16), ctx_len=64, seed=1, val_tokens=64 * 3)
+    assert sorted(windows.start_of(i) for i in range(34)) == [64 * k for k in range(34)]
+    assert windows.val_slots.tolist() == [34, 35, 36]  # held out at the end
 
 
 @pytest.mark.parametrize(
@@ -142,4 +143,6 @@ def test_bad_options_are_refused(kwargs, message):
 def test_too_small_corpus_is_refused():
     with pytest.raises(DataError, match="ctx_len"):
         TokenWindows(np.zeros(10, dtype=np.uint16), ctx_len=16)
-    assert math.isfinite(TokenWindows(np.zeros(18, dtype=np.uint16), ctx_len=16).n_windows)
+    with pytest.raises(DataError, match="held-out"):
+        TokenWindows(np.zeros(40, dtype=np.uint16), ctx_len=16, val_tokens=30)
+    assert TokenWindows(np.zeros(17, dtype=np.uint16), ctx_len=16).n_windows == 1

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     data.add_argument("--data", required=True, help="binidx corpus prefix (PREFIX.bin / PREFIX.idx)")
     data.add_argument("--out", required=True, help="run folder: checkpoints, metrics, loss plot, model.pth")
     data.add_argument(
-        "--val-tokens", type=int, default=0, help="hold out the corpus's last N tokens for evaluation"
+        "--val-tokens", type=int, default=0, help="hold out about N tokens (random windows) for evaluation"
     )
     data.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (needs --val-tokens)")
 
@@ -180,10 +180,13 @@ def report(result) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import logging
     import os
 
     from eaglefinch.train.loop import train
 
+    if int(os.environ.get("RANK", "0")) == 0:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = train(train_config(args), model_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(report(result))

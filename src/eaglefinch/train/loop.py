@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from eaglefinch.train.sampler import TokenWindows
 from eaglefinch.train.schedule import KINDS, Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,7 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     keep: int = 2  # checkpoints kept (0: all)
     log_every: int = 1
-    val_tokens: int = (
-        0  # hold out the corpus's last tokens; evaluated at the start, every eval_every, the end
-    )
+    val_tokens: int = 0  # held out (random windows); evaluated at the start, the end, every eval_every
     eval_every: int = 0
     eval_batches: int = 16
     threads: int | None = None  # torch CPU threads
@@ -320,6 +320,20 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
         elapsed_before = float(train_state.get("elapsed", 0.0))
         set_rng_state(train_state["rng"])
     start_step = step
+    if info.is_main:
+        if resume is not None:
+            log.info(
+                "resuming from %s (step %d, %s tokens)", resume.dir, step, f"{samples * config.ctx_len:,}"
+            )
+            if config.init_from:
+                log.info("--init-from is ignored: the run continues from its own checkpoint")
+        log.info(
+            "%s, %s parameters; %s tokens per step (%d processes)",
+            describe(model_config),
+            f"{model.num_parameters():,}",
+            f"{config.batch_size * info.world_size * config.grad_accum * config.ctx_len:,}",
+            info.world_size,
+        )
     if info.is_main:
         (out / "run.json").write_text(
             json.dumps(

@@ -1,12 +1,14 @@
 """Training samples: windows of ``ctx_len + 1`` tokens cut from a corpus's flat token stream.
 
 As in RWKV-LM, a sample is any run of the stream (documents separated by token 0), so a window
-may cross documents. Sample ``i`` of the run is a pure function of ``(seed, i)``: the run's only
-data state is how many samples it has used, which makes resuming exact and lets any number of
-processes share one stream (each takes its own slice of every global batch).
+may cross documents. The stream is tiled into slots of ``ctx_len`` tokens (a window is a slot
+plus the next token, its last target). Sample ``i`` of a run is a pure function of ``(seed, i)``:
+the run's only data state is how many samples it has used, which makes resuming exact and lets any
+number of processes share one stream (each takes its own slice of every global batch).
 
-Within an epoch the windows tile the stream without overlap, visited in a seeded random order;
-each epoch shifts the tiling by a seeded offset so that later epochs see other cuts.
+Held-out windows are a seeded random choice of slots, spread over the whole stream so that they
+follow the mixture, and never trained on. Each epoch visits every other slot once, in a fresh
+seeded order.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 
 from eaglefinch.errors import DataError
 
-PERMUTATION_LIMIT = 1 << 26  # above this many windows, an affine bijection replaces the stored permutation
+# Above this many slots the orders are affine bijections instead of stored permutations, and the
+# held-out slots are the last ones (a stored list of the training slots would not fit).
+PERMUTATION_LIMIT = 1 << 26
 
 
 class TokenWindows:
@@ -27,38 +31,41 @@ class TokenWindows:
     Args:
         tokens: the flat token stream.
         ctx_len: tokens per training input; a window holds ``ctx_len + 1`` (inputs and shifted targets).
-        seed: the order of windows.
-        val_tokens: hold out the last ``val_tokens`` tokens of the stream for evaluation.
+        seed: the choice of held-out slots and the order of the training ones.
+        val_tokens: hold out about this many tokens (whole slots) for evaluation.
     """
 
     def __init__(self, tokens: np.ndarray, ctx_len: int, seed: int = 0, val_tokens: int = 0):
         if ctx_len < 1:
             raise DataError(f"ctx_len must be positive, got {ctx_len}")
-        if val_tokens < 0 or val_tokens >= len(tokens):
-            raise DataError(
-                f"cannot hold out {val_tokens} of the corpus's {len(tokens)} tokens for evaluation"
-            )
+        if val_tokens < 0:
+            raise DataError(f"val_tokens must be >= 0, got {val_tokens}")
         self.tokens = tokens
         self.ctx_len = ctx_len
         self.seed = seed
-        self.train_end = len(tokens) - val_tokens
-        self.val_tokens = val_tokens
-        self.n_windows = (self.train_end - 1) // ctx_len
-        if self.n_windows < 1:
+        n_slots = (len(tokens) - 1) // ctx_len
+        n_val = math.ceil(val_tokens / ctx_len)
+        if n_slots - n_val < 1:
             raise DataError(
-                f"the corpus has {self.train_end} training tokens; "
-                f"one sample needs ctx_len + 1 = {ctx_len + 1}"
+                f"the corpus has {len(tokens)} tokens: too few for one training window of ctx_len + 1 = "
+                f"{ctx_len + 1}" + (f" besides {val_tokens} held-out tokens" if val_tokens else "")
             )
-        self._slack = self.train_end - 1 - self.n_windows * ctx_len
+        self.n_slots = n_slots
+        self.n_windows = n_slots - n_val
+        self._train_slots: np.ndarray | None = None  # None: slots 0 .. n_windows - 1
+        if n_val and n_slots <= PERMUTATION_LIMIT:
+            val = np.random.default_rng([seed, 1 << 30]).choice(n_slots, size=n_val, replace=False)
+            self.val_slots = np.sort(val)
+            self._train_slots = np.setdiff1d(np.arange(n_slots), self.val_slots)
+        else:
+            self.val_slots = np.arange(self.n_windows, n_slots)
         self._epoch = -1
         self._order: np.ndarray | tuple[int, int] = np.zeros(0, dtype=np.int64)
-        self._shift = 0
 
     def _set_epoch(self, epoch: int) -> None:
         if epoch == self._epoch:
             return
         rng = np.random.default_rng([self.seed, epoch])
-        self._shift = int(rng.integers(0, self._slack + 1))
         n = self.n_windows
         if n <= PERMUTATION_LIMIT:
             self._order = rng.permutation(n)
@@ -78,7 +85,8 @@ class TokenWindows:
             k = (a * j + b) % self.n_windows
         else:
             k = int(self._order[j])
-        return self._shift + k * self.ctx_len
+        slot = k if self._train_slots is None else int(self._train_slots[k])
+        return slot * self.ctx_len
 
     def window(self, index: int) -> np.ndarray:
         start = self.start_of(index)
@@ -94,13 +102,12 @@ class TokenWindows:
         return index / self.n_windows
 
     def val_batches(self, batch_size: int, max_batches: int | None = None):
-        """The held-out tail as consecutive windows, batched: yields (inputs, targets)."""
-        tail = np.asarray(self.tokens[self.train_end :]).astype(np.int64)
-        n = (len(tail) - 1) // self.ctx_len
-        if n < 1:
-            raise DataError(f"{len(tail)} held-out tokens cannot fill one window of {self.ctx_len + 1}")
-        starts = [i * self.ctx_len for i in range(n)]
-        batches = [starts[i : i + batch_size] for i in range(0, n, batch_size)]
-        for group in batches[:max_batches]:
-            data = torch.from_numpy(np.stack([tail[s : s + self.ctx_len + 1] for s in group]))
+        """The held-out windows in stream order, batched: yields (inputs, targets)."""
+        if not len(self.val_slots):
+            raise DataError("no held-out data: set val_tokens")
+        starts = [int(s) * self.ctx_len for s in self.val_slots]
+        groups = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+        for group in groups[:max_batches]:
+            stack = np.stack([np.asarray(self.tokens[s : s + self.ctx_len + 1]) for s in group])
+            data = torch.from_numpy(stack.astype(np.int64))
             yield data[:, :-1], data[:, 1:]
