@@ -2,10 +2,12 @@
 
 For each model shape (random official-format checkpoints, vocabulary 65536) and each thread count:
 
-* single-stream decoding, tokens/s: the package's ``cpu fp32`` and ``cpu bf16`` strategies, our
-  model's plain T=1 forward, and ``DecodeModel`` with exact fp32, exact bf16, fp16 and int8 weights;
-  each also as a share of the memory-bandwidth limit (weight bytes read per token against the copy
-  bandwidth measured in the same run);
+* single-stream decoding, tokens/s: the package's ``cpu fp32``, ``cpu bf16`` and ``cpu fp32i8``
+  strategies, our model's plain T=1 forward, and ``DecodeModel`` with exact fp32, exact bf16, fp16,
+  int8 and w8a8 weights; each also as a share of the memory-bandwidth limit (weight bytes read per
+  token against the copy and the read bandwidth measured in the same run);
+* the accuracy of the approximate decoders: from the exact fp32 decoder's state at each of 32
+  steps, one step's logits against the exact ones (relative error, same most likely token);
 * batched decoding, total tokens/s at batch 1, 4 and 16 (``DecodeModel.step`` on B rows);
 * time to first token for a 2,000-token prompt (prefill through the chunked kernel, against the
   package's sequence forward), with the two last-token logits compared as a sanity check.
@@ -55,12 +57,13 @@ from eaglefinch.testing import random_state_dict  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 PRESETS = {"finch-l12-d768": "finch-l12-d768", "eagle-l24-d1024": "eagle-0.4b"}
-PACKAGE = ("rwkv cpu fp32", "rwkv cpu bf16")
+PACKAGE = ("rwkv cpu fp32", "rwkv cpu bf16", "rwkv cpu fp32i8")
 OURS = (
     "eaglefinch exact fp32",
     "eaglefinch exact bf16",
     "eaglefinch fp16 weights",
     "eaglefinch int8 weights",
+    "eaglefinch w8a8",
 )
 
 
@@ -189,6 +192,36 @@ def model_stepper(model) -> Callable[[], None]:
     return step
 
 
+def one_step_accuracy(decoders: dict[str, DecodeModel], config: RWKVConfig, steps: int = 32) -> dict:
+    """Each decoder's one-step logits from the exact fp32 decoder's state, against the exact step.
+
+    A random model amplifies small differences over many steps (its state is chaotic), so every
+    step starts from the same exact state: this measures the per-step rounding alone.
+    """
+    exact = decoders["eaglefinch exact fp32"]
+    tokens = torch.randint(1, config.vocab_size, (steps,), generator=torch.Generator().manual_seed(2))
+    out = {}
+    for name, decoder in decoders.items():
+        if name == "eaglefinch exact fp32":
+            continue
+        state = exact.zero_state(1)
+        errors, same = [], 0
+        for t in tokens:
+            probe = state.clone().to(dtype=decoder.dtype)
+            approx = decoder.step(t[None], probe)[0].double()
+            ref = exact.step(t[None], state)[0].double()
+            errors.append(((approx - ref).norm() / ref.norm()).item())
+            same += int(approx.argmax() == ref.argmax())
+        out[name] = {
+            "relative_error_median": statistics.median(errors),
+            "relative_error_max": max(errors),
+            "same_top_token": same / steps,
+            "steps": steps,
+        }
+        print(f"   accuracy {name:26s} {out[name]}", flush=True)
+    return out
+
+
 def run_preset(label: str, preset: str, args, bandwidths: dict) -> dict:
     import rwkv.model
 
@@ -217,10 +250,13 @@ def run_preset(label: str, preset: str, args, bandwidths: dict) -> dict:
         "eaglefinch exact bf16": DecodeModel(bf16),
         "eaglefinch fp16 weights": DecodeModel(fp32, weights="fp16"),
         "eaglefinch int8 weights": DecodeModel(fp32, weights="int8"),
+        "eaglefinch w8a8": DecodeModel(fp32, weights="w8a8"),
     }
+    result["one_step_accuracy_vs_exact_fp32"] = one_step_accuracy(decoders, config)
     bytes_per_token = {
         "rwkv cpu fp32": matrix_bytes(config, 4),
         "rwkv cpu bf16": matrix_bytes(config, 2),
+        "rwkv cpu fp32i8": matrix_bytes(config, 1),
         "eaglefinch model(T=1) fp32": matrix_bytes(config, 4),
     }
     bytes_per_token.update({name: d.weight_bytes() for name, d in decoders.items()})
@@ -237,12 +273,16 @@ def run_preset(label: str, preset: str, args, bandwidths: dict) -> dict:
         contenders.update({name: our_stepper(d) for name, d in decoders.items()})
         times = interleaved(contenders, args.steps, args.rounds)
         copy = bandwidths[key]["copy_GBps"] * 1e9
+        read = bandwidths[key]["read_GBps"] * 1e9
         single = {}
         for name, seconds in times.items():
             s = summary(seconds)
             limit = copy / bytes_per_token[name]
             s["bandwidth_limit_tokens_per_s"] = limit
             s["share_of_bandwidth_limit"] = s["tokens_per_s_median"] / limit
+            # reading the weights needs no writes: the read bandwidth is the stricter limit
+            s["read_bandwidth_limit_tokens_per_s"] = read / bytes_per_token[name]
+            s["share_of_read_bandwidth_limit"] = s["tokens_per_s_median"] * bytes_per_token[name] / read
             single[name] = s
         best_package = max(single[n]["tokens_per_s_median"] for n in PACKAGE)
         for name in single:

@@ -106,6 +106,44 @@ def test_int8_rows_reconstruct_the_weights():
     assert ((q(x) - x @ w.t()).abs().max() / (x @ w.t()).abs().max()).item() < 0.02
 
 
+needs_fbgemm = pytest.mark.skipif(
+    "fbgemm" not in torch.backends.quantized.supported_engines, reason="needs torch's FBGEMM (x86)"
+)
+
+
+@needs_fbgemm
+def test_w8a8_product_is_within_its_rounding_bound():
+    """|y - x W^T| <= sum_j |w - w_q|_ij |x_j| + |w_q|_ij |x - x_q|_j, with each rounding at most half
+    a step: the weight step is the row's scale, the input step its range (with 0) over 127 levels."""
+    from eaglefinch.model.decode import Linear
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 96, generator=gen) * torch.linspace(0.01, 3, 64)[:, None]
+    q = Linear(w, "w8a8")
+    scale = w.abs().amax(dim=1) / 127
+    w_q = torch.round(w / scale[:, None]) * scale[:, None]
+    for x in (torch.randn(3, 96, generator=gen), torch.relu(torch.randn(1, 96, generator=gen)).square()):
+        step = (x.amax(dim=1).clamp_min(0) - x.amin(dim=1).clamp_max(0)) / 127  # per call: one row here
+        bound = (w - w_q).abs() @ x.abs().t() + w_q.abs().sum(dim=1, keepdim=True) * step.max() / 2
+        err = (q(x) - x @ w.t()).abs()
+        assert (err <= bound.t() * 1.001 + 1e-5).all()
+        assert err.max() > 0  # an approximation indeed, not the fp32 product
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_w8a8_is_close_to_exact(case, build_model, relative_error):
+    """int8 weights and 7-bit inputs: coarser than weight-only int8, still the same next tokens."""
+    model = build_model(CASES[case])
+    tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(4))
+    exact, w8a8 = DecodeModel(model), DecodeModel(model, weights="w8a8")
+    le = run_steps(exact.step, exact.zero_state(2), tokens)
+    lq = run_steps(w8a8.step, w8a8.zero_state(2), tokens)
+    assert relative_error(lq, le) < 0.15
+    assert (lq.argmax(-1) == le.argmax(-1)).float().mean().item() > 0.8
+    assert w8a8.weight_bytes() == DecodeModel(model, weights="int8").weight_bytes()
+
+
 def test_weight_bytes_counts_every_matrix_once(build_model):
     config = CASES["finch"]
     model = build_model(config)

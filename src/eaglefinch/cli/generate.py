@@ -47,10 +47,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument(
         "--weights",
-        choices=["exact", "fp16", "int8"],
+        choices=["exact", "fp16", "int8", "w8a8"],
         default="exact",
         help="decoding matrices: exact (default), fp16 (CPU: half the bytes, lossless for most bf16 "
-        "checkpoints) or int8 (CPU: a quarter, an approximation)",
+        "checkpoints), int8 (CPU: a quarter, an approximation) or w8a8 (x86 CPU: int8 weights and "
+        "7-bit inputs, the fastest and the coarsest)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while loading")
 

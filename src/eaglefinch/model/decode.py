@@ -20,6 +20,9 @@ Three kinds of weights (``weights=``):
   significant bits (relative error <= 2^-11).
 * ``"int8"`` (opt-in approximation): symmetric int8 rows with a per-row scale, torch's weight-only
   int8 kernel with bf16 activations: a quarter of the bytes of fp32, relative error ~1/254 per weight.
+* ``"w8a8"`` (x86 CPU, opt-in, the fastest and the coarsest): the same int8 rows, multiplied by
+  FBGEMM's dynamic int8 kernel, which also rounds each input vector to 7 bits over its own range
+  (7 rather than 8 so that AVX2's 16-bit pair sums cannot saturate).
 
 The embedding LayerNorm ``ln0`` is applied to the B looked-up rows rather than folded into the
 embedding as the official package does, which would copy a (V, C) matrix to save B * C work.
@@ -27,6 +30,7 @@ embedding as the official package does, which would copy a (V, C) matrix to save
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -37,8 +41,8 @@ from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
 from eaglefinch.model.time_mix import LN_X_EPS
 
-Weights = Literal["exact", "fp16", "int8"]
-WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8")
+Weights = Literal["exact", "fp16", "int8", "w8a8"]
+WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8", "w8a8")
 LN_EPS = 1e-5
 
 
@@ -51,6 +55,8 @@ class Linear:
     * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
     * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
       (``aten._weight_int8pack_mm``), bf16 activations.
+    * ``"w8a8"``: the same int8 rows through FBGEMM's dynamic int8 product
+      (``quantized.linear_dynamic``): inputs rounded to 7 bits per call, int32 accumulation.
     """
 
     def __init__(self, weight: torch.Tensor, kind: str):
@@ -65,11 +71,13 @@ class Linear:
         elif kind == "fp16":
             self.lossless = bool(torch.equal(weight.half().to(weight.dtype), weight))
             self.weight = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
-        elif kind == "int8":
+        elif kind in ("int8", "w8a8"):
             w = weight.float()
             scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,)
             self.weight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
+            if kind == "w8a8":
+                self.packed = _fbgemm_int8(self.weight, scale)
         else:
             raise ConfigError(f"unknown matrix layout {kind!r}")
 
@@ -81,6 +89,9 @@ class Linear:
             return x @ self.weight
         if self.kind == "fp16":
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.weight).to(x.dtype)
+        if self.kind == "w8a8":
+            # reduce_range=True: 7-bit inputs, so that AVX2's u8 x s8 pair sums cannot saturate int16
+            return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
         return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scale).to(x.dtype)
 
     def nbytes(self) -> int:
@@ -88,7 +99,7 @@ class Linear:
         n = self.out_features * self.in_features
         if self.kind == "fp16":
             return 2 * n
-        if self.kind == "int8":
+        if self.kind in ("int8", "w8a8"):
             return n + self.scale.numel() * self.scale.element_size()
         return n * self.weight.element_size()
 
@@ -102,6 +113,15 @@ def default_layout(dtype: torch.dtype, device: torch.device) -> str:
 
 def fp16_kernel_available() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _fbgemm_int8(q: torch.Tensor, scale: torch.Tensor):
+    """Pack int8 rows (out, in) with per-row float32 scales for FBGEMM's dynamic int8 product."""
+    with warnings.catch_warnings():  # torch marks its quantized-tensor constructors deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        zero = torch.zeros(q.shape[0], dtype=torch.long)
+        weight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(weight, None)
 
 
 def _layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
@@ -211,8 +231,9 @@ class DecodeModel:
             the layout allows; later in-place changes to the model's weights are seen, replaced
             tensors are not (build a new DecodeModel after ``model.to(...)``).
         weights: ``"exact"`` (the model's arithmetic), ``"fp16"`` (fp16 matrices, fp32 products; CPU,
-            opt-in, lossless for most bf16 checkpoints) or ``"int8"`` (weight-only int8 matrices and
-            head with per-row scales; CPU, opt-in, an approximation). See the module docstring.
+            opt-in, lossless for most bf16 checkpoints), ``"int8"`` (weight-only int8 matrices and
+            head with per-row scales; CPU, opt-in, an approximation) or ``"w8a8"`` (the same int8
+            weights and 7-bit inputs; x86 CPU, opt-in, the fastest). See the module docstring.
         layout: for ``"exact"``, force ``"linear"`` or ``"transposed"`` matrices (default: the
             fastest measured for the dtype and device).
     """
@@ -225,9 +246,9 @@ class DecodeModel:
                 f"weights={weights!r} uses a CPU kernel; on {model.device.type} load the model in fp16 "
                 "or bf16 and decode with weights='exact'"
             )
-        if weights == "fp16" and not fp16_kernel_available():
+        if weights in ("fp16", "w8a8") and not fp16_kernel_available():
             raise ConfigError(
-                "weights='fp16' needs torch's FBGEMM backend (x86 CPUs), which this build lacks"
+                f"weights={weights!r} needs torch's FBGEMM backend (x86 CPUs), which this build lacks"
             )
         if layout is not None and layout not in ("linear", "transposed"):
             raise ConfigError(f"unknown layout {layout!r}: use 'linear' or 'transposed'")
