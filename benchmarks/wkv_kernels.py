@@ -297,6 +297,20 @@ def summarise(times: list[dict], mem: list[dict]) -> dict:
     }
 
 
+def _log_log_panel(
+    ax, lines: list[tuple[list, str, str, str]], Ts: set[int], ylabel: str, title: str
+) -> None:
+    """Draw ``lines`` of (points [(T, value)], line style, colour, label) on log-log axes, ticks at ``Ts``."""
+    for pts, style, color, label in lines:
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="T (tokens)", ylabel=ylabel, title=title)
+    ticks = sorted(Ts)
+    ax.set_xticks(ticks, [str(T) for T in ticks])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)
+
+
 def plot(times: list[dict], mem: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -312,57 +326,40 @@ def plot(times: list[dict], mem: list[dict], path: Path) -> None:
         ("chunked", "bf16", "forward", "C2", ":"),
         ("chunked-eagle", "fp32", "forward+backward", "C1", "-"),
     ]
-    for kernel, dtype, pass_, color, style in series:
-        pts = sorted(
-            (r["T"], r["seconds"])
-            for r in times
-            if (r["kernel"], r["dtype"], r["pass"]) == (kernel, dtype, pass_)
+    time_lines = [
+        (
+            sorted(
+                (r["T"], r["seconds"])
+                for r in times
+                if (r["kernel"], r["dtype"], r["pass"]) == (kernel, dtype, pass_)
+            ),
+            style,
+            color,
+            f"{kernel} {dtype} {pass_}",
         )
-        if pts:
-            ax1.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                style,
-                color=color,
-                marker="o",
-                label=f"{kernel} {dtype} {pass_}",
-            )
-    ax1.set(
-        xscale="log",
-        yscale="log",
-        xlabel="T (tokens)",
-        ylabel="seconds",
-        title=f"one layer, B={B}, H={H}, N={N}",
+        for kernel, dtype, pass_, color, style in series
+    ]
+    _log_log_panel(ax1, time_lines, {r["T"] for r in times}, "seconds", f"one layer, B={B}, H={H}, N={N}")
+    mem_lines = [
+        (
+            sorted((r["T"], r["delta_mb"]) for r in mem if (r["kernel"], r["pass"]) == (kernel, pass_)),
+            style,
+            color,
+            f"{kernel} {pass_}",
+        )
+        for kernel, pass_, color, style in (
+            ("chunked", "forward+backward", "C0", "-"),
+            ("chunked", "forward", "C0", "--"),
+            ("recurrent", "forward+backward", "C3", "-"),
+        )
+    ]
+    _log_log_panel(
+        ax2,
+        mem_lines,
+        {r["T"] for r in mem},
+        "peak memory over the inputs (MB)",
+        "peak memory (VmHWM, fresh process per point)",
     )
-    ax1.set_xticks(sorted({r["T"] for r in times}), [str(T) for T in sorted({r["T"] for r in times})])
-    ax1.minorticks_off()
-    ax1.legend(fontsize=7)
-    for kernel, pass_, color, style in (
-        ("chunked", "forward+backward", "C0", "-"),
-        ("chunked", "forward", "C0", "--"),
-        ("recurrent", "forward+backward", "C3", "-"),
-    ):
-        pts = sorted((r["T"], r["delta_mb"]) for r in mem if (r["kernel"], r["pass"]) == (kernel, pass_))
-        if pts:
-            ax2.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                style,
-                color=color,
-                marker="o",
-                label=f"{kernel} {pass_}",
-            )
-    ax2.set(
-        xscale="log",
-        yscale="log",
-        xlabel="T (tokens)",
-        ylabel="peak memory over the inputs (MB)",
-        title="peak memory (VmHWM, fresh process per point)",
-    )
-    Tm = sorted({r["T"] for r in mem})
-    ax2.set_xticks(Tm, [str(T) for T in Tm])
-    ax2.minorticks_off()
-    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

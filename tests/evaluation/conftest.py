@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,17 +16,25 @@ EAGLE = RWKVConfig("5.2", n_layer=2, n_embd=64, vocab_size=65536)
 
 
 @pytest.fixture(scope="session")
-def finch_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "finch.pth"
-    torch.save(random_state_dict(FINCH, seed=11), path)
-    return path
+def checkpoint_file(tmp_path_factory):
+    """``checkpoint_file(config, seed, name)``: a random official-format checkpoint saved as ``name``."""
+
+    def write(config: RWKVConfig, seed: int, name: str) -> Path:
+        path = tmp_path_factory.mktemp("ckpt") / name
+        torch.save(random_state_dict(config, seed=seed), path)
+        return path
+
+    return write
 
 
 @pytest.fixture(scope="session")
-def eagle_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "eagle.pth"
-    torch.save(random_state_dict(EAGLE, seed=12), path)
-    return path
+def finch_path(checkpoint_file):
+    return checkpoint_file(FINCH, 11, "finch.pth")
+
+
+@pytest.fixture(scope="session")
+def eagle_path(checkpoint_file):
+    return checkpoint_file(EAGLE, 12, "eagle.pth")
 
 
 @pytest.fixture(scope="session")

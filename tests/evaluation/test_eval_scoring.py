@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from eaglefinch import RWKVConfig, load
 from eaglefinch.errors import ConfigError
 from eaglefinch.evaluation import TokenScorer, score_continuations, score_document
-from eaglefinch.testing import random_state_dict
 
 os.environ.setdefault("RWKV_JIT_ON", "0")
 os.environ.setdefault("RWKV_CUDA_ON", "0")
@@ -21,10 +20,8 @@ SMALL = RWKVConfig("6.0", n_layer=2, n_embd=64, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
-def small_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("small") / "small.pth"
-    torch.save(random_state_dict(SMALL, seed=5), path)
-    return path
+def small_path(checkpoint_file):
+    return checkpoint_file(SMALL, 5, "small.pth")
 
 
 @pytest.fixture(scope="module")

@@ -37,38 +37,28 @@ def run(argv, capsys, stdin: str | None = None, monkeypatch=None):
     return code, out, err
 
 
-def test_generate_prints_what_the_api_returns(checkpoint, capsys, byte_tokenizer, tmp_path):
-    argv = [
+def greedy_argv(checkpoint, max_new_tokens: int, *options: str) -> list[str]:
+    """``eaglefinch generate`` argv for greedy decoding of ``checkpoint``, then ``options``."""
+    return [
         "generate",
         "--model",
         str(checkpoint),
-        "--prompt",
-        "Hello",
         "--max-new-tokens",
-        "12",
+        str(max_new_tokens),
         "--temperature",
         "0",
+        *options,
     ]
-    code, out, _ = run(argv, capsys)
+
+
+def test_generate_prints_what_the_api_returns(checkpoint, capsys, byte_tokenizer, tmp_path):
+    code, out, _ = run(greedy_argv(checkpoint, 12, "--prompt", "Hello"), capsys)
     model = eaglefinch.load(checkpoint)
     expected = eaglefinch.generate(model, byte_tokenizer, "Hello", 12, temperature=0, **CLI_DEFAULTS)
     assert code == 0 and out == expected + "\n"
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("Hello", encoding="utf-8")
-    code, out_file, _ = run(
-        [
-            "generate",
-            "--model",
-            str(checkpoint),
-            "--prompt-file",
-            str(prompt_file),
-            "--max-new-tokens",
-            "12",
-            "--temperature",
-            "0",
-        ],
-        capsys,
-    )
+    code, out_file, _ = run(greedy_argv(checkpoint, 12, "--prompt-file", str(prompt_file)), capsys)
     assert code == 0 and out_file == out
 
 
@@ -96,13 +86,12 @@ def test_seeded_sampling_and_bf16(checkpoint, capsys, byte_tokenizer):
 
 def test_save_and_load_state(checkpoint, capsys, byte_tokenizer, tmp_path):
     state = tmp_path / "s.safetensors"
-    base = ["generate", "--model", str(checkpoint), "--max-new-tokens", "6", "--temperature", "0"]
-    code, first, _ = run(base + ["--prompt", "Start", "--save-state", str(state)], capsys)
+    code, first, _ = run(greedy_argv(checkpoint, 6, "--prompt", "Start", "--save-state", str(state)), capsys)
     assert code == 0
     model = eaglefinch.load(checkpoint)
     saved = load_state(state, model)
     assert saved.tokens[0][:5] == byte_tokenizer.encode("Start")
-    code, more, _ = run(base + ["--load-state", str(state), "--prompt", " then"], capsys)
+    code, more, _ = run(greedy_argv(checkpoint, 6, "--load-state", str(state), "--prompt", " then"), capsys)
     expected = eaglefinch.generate(
         model, byte_tokenizer, " then", 6, context=saved, temperature=0, **CLI_DEFAULTS
     )
@@ -209,22 +198,9 @@ def test_chat_bad_command_argument_does_not_end_the_chat(checkpoint, capsys, mon
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_generate_on_gpu(dtype, checkpoint, capsys, byte_tokenizer):
-    argv = [
-        "generate",
-        "--model",
-        str(checkpoint),
-        "--prompt",
-        "Hello",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--device",
-        "cuda",
-        "--dtype",
-        dtype,
-    ]
-    code, out, err = run(argv, capsys)
+    code, out, err = run(
+        greedy_argv(checkpoint, 8, "--prompt", "Hello", "--device", "cuda", "--dtype", dtype), capsys
+    )
     model = eaglefinch.load(checkpoint, dtype=dtype, device="cuda")
     expected = eaglefinch.generate(model, byte_tokenizer, "Hello", 8, temperature=0, **CLI_DEFAULTS)
     assert code == 0 and out == expected + "\n", err

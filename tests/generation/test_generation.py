@@ -70,30 +70,12 @@ def test_pipeline_parity_with_penalties_bans_and_stop(configs, byte_tokenizer, r
     pipeline.sample_logits = recording
     banned = list(range(129, 257))  # single bytes >= 0x80: the pipeline's strict decoding would fail
     prompt = "\nUser: Tell me about birds.\n\nAssistant:"
-    args = rwkv.utils.PIPELINE_ARGS(
-        temperature=0,
-        top_p=0.5,
-        alpha_presence=0.7,
-        alpha_frequency=0.5,
-        alpha_decay=0.9,
-        token_ban=banned,
-        token_stop=[0],
-    )
+    # the same settings for both; only the names of the ban and stop lists differ
+    settings = dict(temperature=0, top_p=0.5, alpha_presence=0.7, alpha_frequency=0.5, alpha_decay=0.9)
+    args = rwkv.utils.PIPELINE_ARGS(**settings, token_ban=banned, token_stop=[0])
     theirs = pipeline.generate(prompt, token_count=60, args=args)
     model = eaglefinch.load(path)
-    generation = start(
-        model,
-        byte_tokenizer,
-        prompt,
-        60,
-        temperature=0,
-        top_p=0.5,
-        alpha_presence=0.7,
-        alpha_frequency=0.5,
-        alpha_decay=0.9,
-        banned_tokens=banned,
-        stop_tokens=[0],
-    )
+    generation = start(model, byte_tokenizer, prompt, 60, **settings, banned_tokens=banned, stop_tokens=[0])
     ours = generation.run()[0]
     assert generation.new_tokens[0] == [t for t in drawn if t != 0]
     assert ours == theirs

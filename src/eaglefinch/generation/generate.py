@@ -275,13 +275,7 @@ def generate(
     tokenizer: Tokenizer,
     prompt: str | Sequence[str],
     max_new_tokens: int = 256,
-    *,
-    context: Context | None = None,
-    cache: PrefixCache | None = None,
-    stop: Sequence[str] = (),
-    stop_tokens: Sequence[int] = (END_OF_TEXT,),
-    decoder: DecodeModel | None = None,
-    **sampling,
+    **options,
 ) -> str | list[str]:
     """Continue ``prompt`` (a string, or a list of strings run as one batch) and return the new text.
 
@@ -289,30 +283,19 @@ def generate(
         model, tokenizer: e.g. ``eaglefinch.load(path)`` and ``eaglefinch.WorldTokenizer()``.
         prompt: text to continue; with ``context``, text appended after the context's tokens.
         max_new_tokens: at most this many tokens per prompt.
-        context: continue from a processed prompt or a loaded state (one row, or one per prompt).
-        cache: a ``PrefixCache`` to reuse states of prompts seen before.
-        stop: strings that end the text (not included in it).
-        stop_tokens: token ids that end the text (default: end of text, 0).
-        decoder: a ``DecodeModel``, e.g. ``DecodeModel(model, weights="int8")``.
-        **sampling: ``SamplingConfig`` fields: temperature (0 = greedy), top_p, top_k, min_p,
+        **options: keywords of ``start``:
+            context: continue from a processed prompt or a loaded state (one row, or one per prompt).
+            cache: a ``PrefixCache`` to reuse states of prompts seen before.
+            stop: strings that end the text (not included in it).
+            stop_tokens: token ids that end the text (default: end of text, 0).
+            decoder: a ``DecodeModel``, e.g. ``DecodeModel(model, weights="int8")``.
+            and the ``SamplingConfig`` fields: temperature (0 = greedy), top_p, top_k, min_p,
             alpha_presence, alpha_frequency, alpha_decay, banned_tokens, seed; or ``sampling=``.
 
     Returns:
         The generated text (a list for a list of prompts).
     """
-    generation = start(
-        model,
-        tokenizer,
-        prompt,
-        max_new_tokens,
-        context=context,
-        cache=cache,
-        stop=stop,
-        stop_tokens=stop_tokens,
-        decoder=decoder,
-        **sampling,
-    )
-    texts = generation.run()
+    texts = start(model, tokenizer, prompt, max_new_tokens, **options).run()
     return texts[0] if isinstance(prompt, str) else texts
 
 
@@ -321,30 +304,13 @@ def stream(
     tokenizer: Tokenizer,
     prompt: str | Sequence[str],
     max_new_tokens: int = 256,
-    *,
-    context: Context | None = None,
-    cache: PrefixCache | None = None,
-    stop: Sequence[str] = (),
-    stop_tokens: Sequence[int] = (END_OF_TEXT,),
-    decoder: DecodeModel | None = None,
-    **sampling,
+    **options,
 ) -> Iterator[str] | Iterator[tuple[int, str]]:
-    """Like ``generate``, but yield the text as it is decoded, whole characters only.
+    """Like ``generate`` (same arguments), but yield the text as it is decoded, whole characters only.
 
     For one prompt, yields ``str`` pieces; for a list of prompts, ``(prompt index, piece)`` pairs.
     """
-    generation = start(
-        model,
-        tokenizer,
-        prompt,
-        max_new_tokens,
-        context=context,
-        cache=cache,
-        stop=stop,
-        stop_tokens=stop_tokens,
-        decoder=decoder,
-        **sampling,
-    )
+    generation = start(model, tokenizer, prompt, max_new_tokens, **options)
     if isinstance(prompt, str):
         return (piece for _, piece in generation.stream())
     return generation.stream()

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from eaglefinch.model.time_mix import TimeMix, TimeMixV5
+
 ZERO_MATRICES = (".att.output.", ".ffn.value.", ".ffn.receptance.")
 SMALL_MATRICES = (".att.key.", ".att.gate.")
 
@@ -40,41 +42,57 @@ def bonus(layer_id: int, n_layer: int, dim_att: int) -> torch.Tensor:
     return r0 * (1 - n / max(dim_att - 1, 1)) + zigzag
 
 
+def _put(param: torch.Tensor, value: torch.Tensor) -> None:
+    param.copy_(value.reshape(param.shape).to(param.dtype))
+
+
+@torch.no_grad()
+def init_time_mix(
+    att: TimeMix, layer_id: int, n_layer: int, generator: torch.Generator | None = None
+) -> None:
+    """Set one time-mixing layer's bonus, decay, token-shift mixes and (Finch) decay/mix LoRAs.
+
+    The matrices and ``ln_x`` are left as they are.
+    """
+    C, A = att.receptance.in_features, att.receptance.out_features
+    r0, r1 = layer_ratios(layer_id, n_layer)
+    ddd = torch.arange(C, dtype=torch.float64) / C  # (C,)
+    _put(att.time_faaaa, bonus(layer_id, n_layer, A))
+    _put(att.time_decay, decay_speed(layer_id, n_layer, A))
+    if isinstance(att, TimeMixV5):
+        _put(att.time_mix_k, ddd**r1)
+        _put(att.time_mix_v, ddd**r1 + 0.3 * r0)
+        _put(att.time_mix_r, ddd ** (0.5 * r1))
+        _put(att.time_mix_g, ddd ** (0.5 * r1))
+    else:
+        for name in ("time_maa_x", "time_maa_w", "time_maa_k"):
+            _put(getattr(att, name), 1 - ddd**r1)
+        _put(att.time_maa_v, 1 - (ddd**r1 + 0.3 * r0))
+        _put(att.time_maa_r, 1 - ddd ** (0.5 * r1))
+        _put(att.time_maa_g, 1 - ddd ** (0.5 * r1))
+        att.time_maa_w1.zero_()
+        att.time_maa_w2.uniform_(-0.01, 0.01, generator=generator)
+        att.time_decay_w1.zero_()
+        att.time_decay_w2.uniform_(-0.01, 0.01, generator=generator)
+
+
 @torch.no_grad()
 def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> None:
     """Initialise ``model`` (an ``eaglefinch.RWKV``) in place as the official trainer does."""
     config = model.config
-    L, C, A, V = config.n_layer, config.n_embd, config.dim_att, config.vocab_size
+    L, C, V = config.n_layer, config.n_embd, config.vocab_size
     ddd = torch.arange(C, dtype=torch.float64) / C
 
-    def put(param: torch.Tensor, value: torch.Tensor) -> None:
-        param.copy_(value.reshape(param.shape).to(param.dtype))
-
     for i, block in enumerate(model.blocks):
-        r0, r1 = layer_ratios(i, L)
+        _, r1 = layer_ratios(i, L)
         att, ffn = block.att, block.ffn
-        put(att.time_faaaa, bonus(i, L, A))
+        init_time_mix(att, i, L, generator)
         if config.version == "5.2":
-            put(att.time_decay, decay_speed(i, L, A))
-            put(att.time_mix_k, ddd**r1)
-            put(att.time_mix_v, ddd**r1 + 0.3 * r0)
-            put(att.time_mix_r, ddd ** (0.5 * r1))
-            put(att.time_mix_g, ddd ** (0.5 * r1))
-            put(ffn.time_mix_k, ddd**r1)
-            put(ffn.time_mix_r, ddd**r1)
+            _put(ffn.time_mix_k, ddd**r1)
+            _put(ffn.time_mix_r, ddd**r1)
         else:
-            put(att.time_decay, decay_speed(i, L, A))
-            for name in ("time_maa_x", "time_maa_w", "time_maa_k"):
-                put(getattr(att, name), 1 - ddd**r1)
-            put(att.time_maa_v, 1 - (ddd**r1 + 0.3 * r0))
-            put(att.time_maa_r, 1 - ddd ** (0.5 * r1))
-            put(att.time_maa_g, 1 - ddd ** (0.5 * r1))
-            att.time_maa_w1.zero_()
-            att.time_maa_w2.uniform_(-0.01, 0.01, generator=generator)
-            att.time_decay_w1.zero_()
-            att.time_decay_w2.uniform_(-0.01, 0.01, generator=generator)
-            put(ffn.time_maa_k, 1 - ddd**r1)
-            put(ffn.time_maa_r, 1 - ddd**r1)
+            _put(ffn.time_maa_k, 1 - ddd**r1)
+            _put(ffn.time_maa_r, 1 - ddd**r1)
         for norm in (block.ln1, block.ln2, getattr(block, "ln0", None)):
             if norm is not None:
                 norm.weight.fill_(1.0)

@@ -28,7 +28,7 @@ from torch import nn
 
 from eaglefinch.config import RWKVConfig
 from eaglefinch.errors import ConfigError
-from eaglefinch.model.init import bonus, decay_speed, layer_ratios
+from eaglefinch.model.init import init_time_mix, layer_ratios
 from eaglefinch.model.time_mix import TimeMixV5, TimeMixV6
 from eaglefinch.ops.wkv4 import wkv4
 
@@ -106,31 +106,7 @@ def init_eagle_finch(mix: TimeMixV5 | TimeMixV6, layer_id: int, n_layer: int) ->
 
     One simplification: ``ln_x`` starts at weight 1 at every depth (the trainer scales it with depth).
     """
-    C = mix.receptance.in_features
-    A = mix.receptance.out_features
-    r0, r1 = layer_ratios(layer_id, n_layer)
-    ddd = torch.arange(C, dtype=torch.float64) / C
-
-    def put(param: torch.Tensor, value: torch.Tensor) -> None:
-        param.copy_(value.reshape(param.shape).to(param.dtype))
-
-    put(mix.time_faaaa, bonus(layer_id, n_layer, A))
-    put(mix.time_decay, decay_speed(layer_id, n_layer, A))
-    if isinstance(mix, TimeMixV5):
-        put(mix.time_mix_k, ddd**r1)
-        put(mix.time_mix_v, ddd**r1 + 0.3 * r0)
-        put(mix.time_mix_r, ddd ** (0.5 * r1))
-        put(mix.time_mix_g, ddd ** (0.5 * r1))
-    else:
-        for name in ("time_maa_x", "time_maa_w", "time_maa_k"):
-            put(getattr(mix, name), 1 - ddd**r1)
-        put(mix.time_maa_v, 1 - (ddd**r1 + 0.3 * r0))
-        put(mix.time_maa_r, 1 - ddd ** (0.5 * r1))
-        put(mix.time_maa_g, 1 - ddd ** (0.5 * r1))
-        mix.time_maa_w1.zero_()
-        mix.time_maa_w2.uniform_(-0.01, 0.01)
-        mix.time_decay_w1.zero_()
-        mix.time_decay_w2.uniform_(-0.01, 0.01)
+    init_time_mix(mix, layer_id, n_layer)
     mix.ln_x.weight.fill_(1.0)
     mix.ln_x.bias.zero_()
     for name, scale in (("receptance", 1.0), ("key", 0.1), ("value", 1.0), ("gate", 0.1), ("output", 0.0)):
