@@ -91,3 +91,21 @@ def test_paper_grid():
     assert cells == [(64, 4), (128, 8), (256, 16), (512, 64)] and dims == [64, 128, 256, 512]
     assert [configs[t].batch_size for t, _ in cells] == [512, 512, 256, 128]
     assert configs[64].num_train == 100_000 and configs[64].epochs == 64 and len(lrs) == 4
+
+
+def test_cpu_default_is_the_reduced_grid_without_mamba(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sweep.add_arguments(parser)
+    models, cells, dims, lrs, configs = sweep.plan(parser.parse_args([]))
+    assert models == ["rwkv4", "eagle", "finch", "attention"]
+    assert "leaving" in capsys.readouterr().err  # says why Mamba is not there
+    assert cells == [(64, 4)] and dims == [64] and lrs == [3e-3, 1e-3]
+    steps = configs[64].num_train // configs[64].batch_size * configs[64].epochs
+    assert steps == 750
+    full_models, full_cells, *_ = sweep.plan(parser.parse_args(["--full"]))
+    assert full_cells == [(64, 4), (128, 8), (256, 16), (512, 64)]
+    if sweep.mamba_available():
+        assert "mamba" in full_models
+        assert sweep.plan(parser.parse_args(["--models", "mamba"]))[0] == ["mamba"]
