@@ -24,7 +24,7 @@ def wkv(
     state: torch.Tensor | None = None,
     *,
     mode: str = "auto",
-    chunk_size: int = 64,
+    chunk_size: int = 32,  # 16 and 32 beat 64 and 128 on CPU: benchmarks/results/wkv_kernels.json
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run WKV over ``[B, T, H, N]`` inputs; see ``wkv_reference`` for the contract.
 

@@ -63,7 +63,7 @@ def wkv_chunked(
     u: torch.Tensor,
     state: torch.Tensor | None = None,
     *,
-    chunk_size: int = 64,
+    chunk_size: int = 32,  # 16 and 32 beat 64 and 128 on CPU: benchmarks/results/wkv_kernels.json
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run WKV over a sequence in chunks of ``chunk_size`` tokens.
 

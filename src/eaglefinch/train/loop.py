@@ -170,8 +170,14 @@ class LossModule(nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, l2_scale: float = 1.0) -> torch.Tensor:
         """Mean cross-entropy of ``targets`` [B, T]; ``l2_scale`` divides the L2Wrap term like the loss."""
         logits, _ = self.model(inputs)  # (B, T, V) float32
+        return self.loss_from_logits(logits, targets, l2_scale)
+
+    def loss_from_logits(
+        self, logits: torch.Tensor, targets: torch.Tensor, l2_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Cross-entropy of logits (B, T, V) against targets (B, T), with L2Wrap while training."""
         if self.l2wrap and torch.is_grad_enabled():
-            B, T = inputs.shape
+            B, T = targets.shape
             logits = _L2Wrap.apply(logits, self.l2wrap / (B * T) * l2_scale)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
