@@ -131,10 +131,11 @@ def test_w8a8_product_is_within_its_rounding_bound():
 
 
 @needs_fbgemm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", ["finch", "eagle"])
-def test_w8a8_is_close_to_exact(case, build_model, relative_error):
+def test_w8a8_is_close_to_exact(case, dtype, build_model, relative_error):
     """int8 weights and 7-bit inputs: coarser than weight-only int8, still the same next tokens."""
-    model = build_model(CASES[case])
+    model = build_model(CASES[case], dtype=dtype)
     tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(4))
     exact, w8a8 = DecodeModel(model), DecodeModel(model, weights="w8a8")
     le = run_steps(exact.step, exact.zero_state(2), tokens)
