@@ -70,7 +70,10 @@ def plot(
     import matplotlib.pyplot as plt
 
     best = best_runs(runs)
-    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.4), sharey=True, squeeze=False)
+    # at least 6 inches wide, so that a single panel still has room for the legend of five models
+    fig, axes = plt.subplots(
+        1, len(cells), figsize=(max(6.0, 3.6 * len(cells)), 3.4), sharey=True, squeeze=False
+    )
     for ax, (t, n) in zip(axes[0], cells, strict=True):
         for m in models:
             xs = [d for d in dims if (m, t, n, d) in best]
@@ -93,7 +96,7 @@ def plot(
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120)
