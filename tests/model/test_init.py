@@ -98,9 +98,10 @@ def test_token_shift_mixes(model):
             assert_values(param, values)
 
 
-def test_finch_lora_zero_then_small_uniform(model):
-    if model.config.version != "6.0":
-        pytest.skip("Eagle has no LoRA")
+@pytest.mark.parametrize("case", [name for name, config in CASES.items() if config.version == "6.0"])
+def test_finch_lora_zero_then_small_uniform(case):
+    torch.manual_seed(0)
+    model = RWKV(CASES[case])
     for block in model.blocks:
         att = block.att
         for zero in (att.time_maa_w1, att.time_decay_w1):

@@ -285,7 +285,7 @@ def plot(path: Path, points: list[dict], key: str, ylabel: str, title: str) -> N
     for ax, mode in zip(axes, modes, strict=True):
         for contender in CONTENDERS:
             pts = sorted((p["T"], p[key]) for p in points if p["contender"] == contender and p["mode"] == mode
-                         and "error" not in p and "skipped" not in p)
+                         and "error" not in p and "skipped" not in p and p[key] > 0)  # log axes
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=LABELS[contender])
         ax.set_xscale("log", base=2)
