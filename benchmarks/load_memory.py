@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,11 @@ start = time.perf_counter()
 model = eaglefinch.load(sys.argv[1])
 loaded = time.perf_counter() - start
 # read every page once, a slice at a time so the reading itself allocates little
-checksum = sum(float(c.sum(dtype=torch.float32)) for p in model.parameters() for c in p.detach().reshape(-1).split(1 << 20))
+checksum = sum(
+    float(chunk.sum(dtype=torch.float32))
+    for p in model.parameters()
+    for chunk in p.detach().reshape(-1).split(1 << 20)
+)
 touched = time.perf_counter() - start
 print(json.dumps({"load_s": loaded, "load_and_read_s": touched, "checksum": checksum,
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -78,8 +81,9 @@ def main() -> None:
         write_s = time.perf_counter() - start
         for f in (tmp / "scratch").iterdir():
             f.unlink()
-        out = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "model.pth")], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(tmp / "model.pth")], capture_output=True, text=True, check=True
+        )
         child = json.loads(out.stdout.strip().splitlines()[-1])
     result = {
         "preset": args.preset,
@@ -88,8 +92,10 @@ def main() -> None:
         "write_s": write_s,
         **child,
         "peak_rss_over_file_size": child["peak_rss_bytes"] / size,
-        "peak_rss_above_baseline_over_file_size": (child["peak_rss_bytes"] - child["baseline_rss_bytes"]) / size,
-        "note": "peak RSS counts the memory-mapped file pages read (the floor is 1.0x the file); the baseline is "
+        "peak_rss_above_baseline_over_file_size": (child["peak_rss_bytes"] - child["baseline_rss_bytes"])
+        / size,
+        "note": "peak RSS counts the memory-mapped file pages read (the floor is 1.0x the file); "
+        "the baseline is "
         "the process after importing torch and eaglefinch, before loading",
     }
     path = write_json(f"load_memory_{args.preset}_{args.dtype}", result)

@@ -10,6 +10,7 @@ and .png (tokens/s per library and dtype).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -38,20 +39,36 @@ def measure(preset: str, T: int, repeat: int) -> list[dict]:
         torch.save(random_state_dict(config, seed=0), path)
         for dtype in ("fp32", "bf16"):
             official = OfficialRWKV(model=str(path), strategy=f"cpu {dtype}", verbose=False)
-            seconds = best_time(lambda: official.forward(tokens, None), repeat=repeat)
-            rows.append({"preset": preset, "library": "rwkv", "dtype": dtype, "T": T, "seconds": seconds,
-                         "tokens_per_s": T / seconds})
+            seconds = best_time(functools.partial(official.forward, tokens, None), repeat=repeat)
+            rows.append(
+                {
+                    "preset": preset,
+                    "library": "rwkv",
+                    "dtype": dtype,
+                    "T": T,
+                    "seconds": seconds,
+                    "tokens_per_s": T / seconds,
+                }
+            )
             del official
             ours = load(path, dtype=dtype)
             batch = torch.tensor([tokens])
 
-            def run():
+            def run(model=ours, batch=batch):
                 with torch.inference_mode():
-                    ours(batch, last_only=True)
+                    model(batch, last_only=True)
 
             seconds = best_time(run, repeat=repeat)
-            rows.append({"preset": preset, "library": "eaglefinch", "dtype": dtype, "T": T, "seconds": seconds,
-                         "tokens_per_s": T / seconds})
+            rows.append(
+                {
+                    "preset": preset,
+                    "library": "eaglefinch",
+                    "dtype": dtype,
+                    "T": T,
+                    "seconds": seconds,
+                    "tokens_per_s": T / seconds,
+                }
+            )
             del ours
     return rows
 
@@ -64,7 +81,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     presets = sorted({r["preset"] for r in rows})
     fig, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 4), squeeze=False)
-    for ax, preset in zip(axes[0], presets):
+    for ax, preset in zip(axes[0], presets, strict=True):
         labels, values = [], []
         for r in rows:
             if r["preset"] == preset:

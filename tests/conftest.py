@@ -1,4 +1,4 @@
-"""Shared test set-up: seeds, the `gpu` marker, and NaN-filled `torch.empty` to catch reads of uninitialised memory."""
+"""Shared test set-up: seeds, the `gpu` marker, NaN-filled `torch.empty` (catches uninitialised reads)."""
 
 from __future__ import annotations
 

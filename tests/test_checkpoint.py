@@ -142,8 +142,14 @@ def test_inconsistent_shape(tmp_path):
 
 def test_other_rwkv_version_is_named(tmp_path):
     path = tmp_path / "rwkv4.pth"
-    torch.save({"emb.weight": torch.zeros(10, 8), "blocks.0.att.time_first": torch.zeros(8),
-                "blocks.0.att.time_decay": torch.zeros(8)}, path)
+    torch.save(
+        {
+            "emb.weight": torch.zeros(10, 8),
+            "blocks.0.att.time_first": torch.zeros(8),
+            "blocks.0.att.time_decay": torch.zeros(8),
+        },
+        path,
+    )
     expect_error(path, "RWKV-4")
 
 

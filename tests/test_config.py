@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -32,10 +34,17 @@ def test_parameter_count_matches_closed_form(name):
 
 
 def test_preset_sizes_are_the_papers():
-    sizes = {name: (RWKVConfig.preset(name).n_layer, RWKVConfig.preset(name).n_embd) for name in RELEASED_PARAMETERS}
+    sizes = {
+        name: (RWKVConfig.preset(name).n_layer, RWKVConfig.preset(name).n_embd)
+        for name in RELEASED_PARAMETERS
+    }
     assert sizes == {
-        "eagle-0.4b": (24, 1024), "eagle-1.5b": (24, 2048), "eagle-3b": (32, 2560), "eagle-7b": (32, 4096),
-        "finch-1.6b": (24, 2048), "finch-3b": (32, 2560),
+        "eagle-0.4b": (24, 1024),
+        "eagle-1.5b": (24, 2048),
+        "eagle-3b": (32, 2560),
+        "eagle-7b": (32, 4096),
+        "finch-1.6b": (24, 2048),
+        "finch-3b": (32, 2560),
     }
 
 
@@ -48,7 +57,7 @@ def test_derived_defaults():
 
 def test_config_is_frozen():
     c = RWKVConfig.preset("finch-tiny")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.n_layer = 3  # type: ignore[misc]
 
 

@@ -23,8 +23,14 @@ from eaglefinch.model.rwkv import RWKV
 # Small per-channel parameters the kernels consume in float32; they stay float32 when the rest
 # of a model is cast to bf16/fp16, since rounding a decay compounds over thousands of tokens.
 FLOAT32_PARAMETERS = ("time_decay", "time_faaaa")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -52,12 +58,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or corrupt?): {error}"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except (RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
+        ) from None
     return _unwrap(obj, path)
 
 
@@ -65,7 +75,8 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     """Accept a bare state dict, or one nested under 'state_dict'/'model' as trainers save them."""
     if isinstance(obj, Mapping) and "_strategy" in obj:
         raise CheckpointError(
-            f"{path} was converted by the rwkv package for strategy {obj['_strategy']!r}; give the raw .pth instead"
+            f"{path} was converted by the rwkv package for strategy {obj['_strategy']!r}; "
+            "give the raw .pth instead"
         )
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -77,14 +88,17 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         for prefix in ("module.", "_orig_mod.", "_forward_module."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: RWKVConfig,
-                     skeleton: RWKV | None = None) -> None:
-    """Every expected key present with its shape, and nothing else (``skeleton``: a meta model to compare with)."""
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: RWKVConfig, skeleton: RWKV | None = None
+) -> None:
+    """Every expected key present with its shape, and nothing else.
+
+    ``skeleton``: a meta model to compare with."""
     if skeleton is None:
         with torch.device("meta"):
             skeleton = RWKV(config, init=False)
@@ -97,11 +111,15 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: RWKVConfig,
             f"RWKV-{config.version} ({config.arch}) model"
         )
     if unknown:
-        raise CheckpointError(f"checkpoint has {len(unknown)} key(s) this {config.arch} model does not use, e.g. {unknown[:3]}")
+        raise CheckpointError(
+            f"checkpoint has {len(unknown)} key(s) this {config.arch} model does not use, e.g. {unknown[:3]}"
+        )
     for key, shape in expected.items():
         got = tuple(state_dict[key].shape)
         if got != shape:
-            raise CheckpointError(f"inconsistent shapes: {key} is {got}, expected {shape} for this {config.arch} layout")
+            raise CheckpointError(
+                f"inconsistent shapes: {key} is {got}, expected {shape} for this {config.arch} layout"
+            )
         if not state_dict[key].is_floating_point():
             raise CheckpointError(f"{key} has dtype {state_dict[key].dtype}; weights must be floating point")
 
@@ -185,7 +203,9 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+) -> None:
     """Write a state dict in the format the suffix names (.pth or .safetensors), atomically."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}

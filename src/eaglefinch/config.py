@@ -62,7 +62,7 @@ class RWKVConfig:
 
     @property
     def arch(self) -> str:
-        """"Eagle" or "Finch"."""
+        """ "Eagle" or "Finch"."""
         return ARCH_NAMES[self.version]
 
     def replace(self, **changes) -> RWKVConfig:
@@ -81,7 +81,7 @@ class RWKVConfig:
 
     @classmethod
     def preset(cls, name: str) -> RWKVConfig:
-        """A named configuration: the six released models (paper Table 11) and small ones for tests and demos."""
+        """A named configuration: the six released models (paper Table 11), small ones for tests and demos."""
         try:
             return PRESETS[name]
         except KeyError:
@@ -139,7 +139,9 @@ def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     try:
         return tuple(sd[key].shape)
     except KeyError:
-        raise CheckpointError(f"checkpoint lacks {key!r}: not a complete RWKV Eagle/Finch checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint lacks {key!r}: not a complete RWKV Eagle/Finch checkpoint"
+        ) from None
 
 
 def infer_config(sd: Mapping[str, torch.Tensor]) -> RWKVConfig:
@@ -149,14 +151,19 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> RWKVConfig:
     version = detect_version(sd.keys())
     if version not in VERSIONS:
         if version == "unknown":
-            raise CheckpointError("unrecognised checkpoint layout: neither Eagle (RWKV-5.2) nor Finch (RWKV-6)")
+            raise CheckpointError(
+                "unrecognised checkpoint layout: neither Eagle (RWKV-5.2) nor Finch (RWKV-6)"
+            )
         raise CheckpointError(
-            f"this is an RWKV-{version} checkpoint; eaglefinch runs Eagle (RWKV-5.2) and Finch (RWKV-6.0) only"
+            f"this is an RWKV-{version} checkpoint; "
+            "eaglefinch runs Eagle (RWKV-5.2) and Finch (RWKV-6.0) only"
         )
     if version == "5.2":
         td = _shape(sd, "blocks.0.att.time_decay")
         if len(td) != 2 or td[1] == 1:
-            raise CheckpointError("this is an RWKV-5.1 checkpoint (per-head decay); eaglefinch runs 5.2 and 6.0")
+            raise CheckpointError(
+                "this is an RWKV-5.1 checkpoint (per-head decay); eaglefinch runs 5.2 and 6.0"
+            )
     vocab, n_embd = _shape(sd, "emb.weight")
     layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
     n_layer = max(layers) + 1 if layers else 0
@@ -171,7 +178,8 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> RWKVConfig:
         extra["decay_lora_rank"] = _shape(sd, "blocks.0.att.time_decay_w1")[1]
     if n_head * head_size != dim_att:
         raise CheckpointError(
-            f"inconsistent shapes: time_faaaa says {n_head} heads of {head_size} but key.weight has {dim_att} rows"
+            f"inconsistent shapes: time_faaaa says {n_head} heads of {head_size} "
+            f"but key.weight has {dim_att} rows"
         )
     time_state = "blocks.0.att.time_state" in sd
     return RWKVConfig(

@@ -57,8 +57,13 @@ def test_goals_ratios_hand_computed():
     def pt(c, T, s, b):
         return {"contender": c, "T": T, "mode": "fwdbwd", "seconds": s, "peak_bytes": b}
 
-    points = [pt("finch", 4096, 1.0, 300), pt("attention", 4096, 2.0, 100), pt("mamba", 4096, 4.0, 600),
-              pt("finch", 1024, 1.0, 1), {"contender": "attention", "T": 8192, "mode": "fwdbwd", "skipped": "slow"}]
+    points = [
+        pt("finch", 4096, 1.0, 300),
+        pt("attention", 4096, 2.0, 100),
+        pt("mamba", 4096, 4.0, 600),
+        pt("finch", 1024, 1.0, 1),
+        {"contender": "attention", "T": 8192, "mode": "fwdbwd", "skipped": "slow"},
+    ]
     (row,) = kernels.goals(points)
     assert row["memory_finch_over_attention"] == 3.0 and row["less_memory_than_attention"] is False
     assert row["memory_finch_over_mamba"] == 0.5 and row["less_memory_than_mamba"] is True
@@ -68,9 +73,26 @@ def test_goals_ratios_hand_computed():
 def test_sweep_through_subprocesses(tmp_path):
     parser = argparse.ArgumentParser()
     kernels.add_arguments(parser)
-    args = parser.parse_args(["--contenders", "finch,attention", "--seq-lens", "64", "--modes", "fwdbwd",
-                              "--n-head", "2", "--head-size", "8", "--repeats", "1", "--threads", "1",
-                              "--out", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "--contenders",
+            "finch,attention",
+            "--seq-lens",
+            "64",
+            "--modes",
+            "fwdbwd",
+            "--n-head",
+            "2",
+            "--head-size",
+            "8",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert kernels.run(args) == 0
     result = json.loads((tmp_path / "kernels_cpu.json").read_text())
     assert [p["contender"] for p in result["points"]] == ["finch", "attention"]

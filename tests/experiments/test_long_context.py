@@ -105,11 +105,32 @@ def test_missing_corpus_is_one_clear_error(tmp_path):
 def test_smoke_run_writes_json_plot_readme(tmp_path):
     parser = argparse.ArgumentParser()
     lc_run.add_arguments(parser)
-    args = parser.parse_args([
-        "--corpus", str(_corpus(tmp_path)), "--d-model", "16", "--n-layer", "1", "--ctx", "32", "--batch", "2",
-        "--steps", "2", "--heldout", "2", "--eval-len", "300", "--eval-chunk", "64", "--bins", "6",
-        "--out", str(tmp_path / "out"),
-    ])
+    args = parser.parse_args(
+        [
+            "--corpus",
+            str(_corpus(tmp_path)),
+            "--d-model",
+            "16",
+            "--n-layer",
+            "1",
+            "--ctx",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--heldout",
+            "2",
+            "--eval-len",
+            "300",
+            "--eval-chunk",
+            "64",
+            "--bins",
+            "6",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert lc_run.run(args) == 0
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(result["models"]) == set(MODELS)

@@ -18,8 +18,9 @@ CASES = {
     "eagle-L2-D128-V1000": RWKVConfig("5.2", n_layer=2, n_embd=128, vocab_size=1000),
     "eagle-L3-D192-F320-V777": RWKVConfig("5.2", n_layer=3, n_embd=192, dim_ffn=320, vocab_size=777),
     "finch-L2-D128-V1000": RWKVConfig("6.0", n_layer=2, n_embd=128, vocab_size=1000),
-    "finch-L3-D256-V2048-r16": RWKVConfig("6.0", n_layer=3, n_embd=256, vocab_size=2048, tm_lora_rank=16,
-                                          decay_lora_rank=24),
+    "finch-L3-D256-V2048-r16": RWKVConfig(
+        "6.0", n_layer=3, n_embd=256, vocab_size=2048, tm_lora_rank=16, decay_lora_rank=24
+    ),
     "finch-L2-D128-timestate": RWKVConfig("6.0", n_layer=2, n_embd=128, vocab_size=500, time_state=True),
 }
 
@@ -56,7 +57,9 @@ def test_sequence_logits_and_state_match(pair):
         logits, state = ours(torch.tensor([tokens]))
     assert rel_err(logits[0], theirs) < 1e-4
     for ours_part, their_part in zip(
-        (state.att_shift[:, 0], state.wkv[:, 0], state.ffn_shift[:, 0]), official_state_parts(their_state, config)
+        (state.att_shift[:, 0], state.wkv[:, 0], state.ffn_shift[:, 0]),
+        official_state_parts(their_state, config),
+        strict=True,
     ):
         assert rel_err(ours_part, their_part) < 1e-4
 

@@ -26,16 +26,16 @@ Every (contender, T, mode) runs in a fresh Python process: after a small warm-up
 high-water mark (``VmHWM``) is the baseline; the point's peak memory is the high-water mark after
 one call minus that baseline, so it counts the inputs, the outputs, saved activations and gradients
 (on CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the inputs). The time is
-the median of further calls (wall and CPU time; a call over 5 s is timed once). Forward runs under ``torch.no_grad``; forward+backward backpropagates
-``y.sum()`` to every input. A point whose time or memory, extrapolated from the previous T, exceeds
-``--max-seconds`` or half the free memory is skipped (and listed as skipped) unless ``--no-skip``.
+the median of further calls (wall and CPU time; a call over 5 s is timed once). Forward runs under
+``torch.no_grad``; forward+backward backpropagates ``y.sum()`` to every input. A point whose time
+or memory, extrapolated from the previous T, exceeds ``--max-seconds`` or half the free memory is
+skipped (and listed as skipped) unless ``--no-skip``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -50,8 +50,13 @@ from eaglefinch.experiments import MALLOC_ENV, environment_stamp, write_json_ato
 
 HELP = "time and peak memory of Finch/Eagle WKV, softmax attention and Mamba vs T (paper Figures 6, 7)"
 CONTENDERS: tuple[str, ...] = ("finch", "finch-recompute", "eagle", "attention", "mamba")
-LABELS = {"finch": "Finch WKV (chunked)", "finch-recompute": "Finch WKV (chunked, segment recompute)",
-          "eagle": "Eagle WKV (chunked)", "attention": "softmax attention (SDPA)", "mamba": "Mamba mixer"}
+LABELS = {
+    "finch": "Finch WKV (chunked)",
+    "finch-recompute": "Finch WKV (chunked, segment recompute)",
+    "eagle": "Eagle WKV (chunked)",
+    "attention": "softmax attention (SDPA)",
+    "mamba": "Mamba mixer",
+}
 MODES = ("fwd", "fwdbwd")
 SEGMENT = 1024
 DEFAULT_OUT = Path("benchmarks/results/kernels")
@@ -71,7 +76,9 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
+    parser.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}"
+    )
     parser.add_argument("--seq-lens", type=_int_list, default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the paper's configuration")
@@ -79,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-head", type=int, default=None, help="override the device's head count")
     parser.add_argument("--head-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the memory call")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="skip points estimated to take longer")
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="skip points estimated to take longer"
+    )
     parser.add_argument("--no-skip", action="store_true", help="run every point, however slow")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each child")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -105,8 +114,9 @@ def _segmented_wkv(r, k, v, log_w, u):
     state, ys = None, []
     for s in range(0, r.shape[1], SEGMENT):
         part = slice(s, s + SEGMENT)
-        y, state = checkpoint(wkv_chunked, r[:, part], k[:, part], v[:, part], log_w[:, part], u, state,
-                              use_reentrant=False)
+        y, state = checkpoint(
+            wkv_chunked, r[:, part], k[:, part], v[:, part], log_w[:, part], u, state, use_reentrant=False
+        )
         ys.append(y)
     return torch.cat(ys, dim=1)
 
@@ -138,8 +148,9 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
         q, k, v = randn(B, H, T, N, scale=N**-0.25), randn(B, H, T, N, scale=N**-0.25), randn(B, H, T, N)
         try:
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                F.scaled_dot_product_attention(q[:, :, :8].detach(), k[:, :, :8].detach(), v[:, :, :8].detach(),
-                                               is_causal=True)
+                F.scaled_dot_product_attention(
+                    q[:, :, :8].detach(), k[:, :, :8].detach(), v[:, :, :8].detach(), is_causal=True
+                )
             backend = [SDPBackend.FLASH_ATTENTION]
             info["sdpa_backend"] = "flash attention"
         except RuntimeError:
@@ -164,8 +175,15 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
         except ImportError:
             use_mambapy = False
         info["mambapy"] = use_mambapy
-        config = MambaConfig(hidden_size=H * N, state_size=16, expand=2, conv_kernel=4, num_hidden_layers=1,
-                             use_mambapy=use_mambapy, vocab_size=1)
+        config = MambaConfig(
+            hidden_size=H * N,
+            state_size=16,
+            expand=2,
+            conv_kernel=4,
+            num_hidden_layers=1,
+            use_mambapy=use_mambapy,
+            vocab_size=1,
+        )
         mixer = MambaMixer(config, layer_idx=0).to(device=device, dtype=dtype)
         x = randn(B, T, H * N)
         return (lambda: mixer(x)), [x], info
@@ -210,11 +228,16 @@ def measure(contender: str, T: int, mode: str, cfg: dict, device: str, repeats: 
     peak = (torch.cuda.max_memory_allocated(device) if cuda else _hwm_bytes()) - base
     timed = [once(call, inputs) for _ in range(repeats)] if first < 5.0 else [(first, first_cpu)]
     return {
-        "contender": contender, "T": T, "mode": mode,
+        "contender": contender,
+        "T": T,
+        "mode": mode,
         "seconds": statistics.median(t for t, _ in timed),
         "cpu_seconds": statistics.median(c for _, c in timed),
-        "seconds_first_call": first, "timed_calls": len(timed),
-        "peak_bytes": int(peak), "input_bytes": int(input_bytes), **info,
+        "seconds_first_call": first,
+        "timed_calls": len(timed),
+        "peak_bytes": int(peak),
+        "input_bytes": int(input_bytes),
+        **info,
     }
 
 
@@ -240,7 +263,7 @@ def run_point(spec: dict, timeout: float | None) -> dict:
         return {**_key(spec), "error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {**_key(spec), "error": f"exit {proc.returncode}: {tail}"}
 
@@ -284,8 +307,15 @@ def plot(path: Path, points: list[dict], key: str, ylabel: str, title: str) -> N
     axes = axes[0]
     for ax, mode in zip(axes, modes, strict=True):
         for contender in CONTENDERS:
-            pts = sorted((p["T"], p[key]) for p in points if p["contender"] == contender and p["mode"] == mode
-                         and "error" not in p and "skipped" not in p and p[key] > 0)  # log axes
+            pts = sorted(
+                (p["T"], p[key])
+                for p in points
+                if p["contender"] == contender
+                and p["mode"] == mode
+                and "error" not in p
+                and "skipped" not in p
+                and p[key] > 0
+            )  # log axes
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=LABELS[contender])
         ax.set_xscale("log", base=2)
@@ -306,7 +336,9 @@ def plot(path: Path, points: list[dict], key: str, ylabel: str, title: str) -> N
 def goals(points: list[dict]) -> list[dict]:
     """The paper's claims per (T >= 2048, mode): Finch's memory below attention's and Mamba's, and
     (from T = 4096) its time below attention's, as measured ratios."""
-    table = {(p["contender"], p["T"], p["mode"]): p for p in points if "error" not in p and "skipped" not in p}
+    table = {
+        (p["contender"], p["T"], p["mode"]): p for p in points if "error" not in p and "skipped" not in p
+    }
     rows = []
     for (c, T, mode), f in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][1])):
         if c != "finch" or T < 2048:
@@ -360,28 +392,56 @@ def run(args: argparse.Namespace) -> int:
                 if reason:
                     point = {"contender": contender, "T": T, "mode": mode, "skipped": reason}
                 else:
-                    spec = {"contender": contender, "T": T, "mode": mode, "cfg": cfg, "device": args.device,
-                            "repeats": args.repeats, "threads": args.threads}
+                    spec = {
+                        "contender": contender,
+                        "T": T,
+                        "mode": mode,
+                        "cfg": cfg,
+                        "device": args.device,
+                        "repeats": args.repeats,
+                        "threads": args.threads,
+                    }
                     point = run_point(spec, None if args.no_skip else 10 * args.max_seconds)
                     prev = point
                 points.append(point)
-                shown = point.get("error") or point.get("skipped") or (
-                    f"{point['seconds']:.3f} s ({point['cpu_seconds']:.3f} s CPU), "
-                    f"{point['peak_bytes'] / 2**20:.0f} MiB")
+                shown = (
+                    point.get("error")
+                    or point.get("skipped")
+                    or (
+                        f"{point['seconds']:.3f} s ({point['cpu_seconds']:.3f} s CPU), "
+                        f"{point['peak_bytes'] / 2**20:.0f} MiB"
+                    )
+                )
                 print(f"{mode:6s} {contender:16s} T={T:6d}: {shown}", flush=True)
     stamp = environment_stamp(args.device)
     stamp["malloc_env"] = {k: os.environ.get(k, MALLOC_DEFAULTS[k]) for k in MALLOC_ENV}
-    result = {"environment": stamp, "config": {**cfg, "d_model": cfg["n_head"] * cfg["head_size"],
-              "device": args.device, "segment": SEGMENT, "threads": args.threads},
-              "points": points, "goals": goals(points)}
+    result = {
+        "environment": stamp,
+        "config": {
+            **cfg,
+            "d_model": cfg["n_head"] * cfg["head_size"],
+            "device": args.device,
+            "segment": SEGMENT,
+            "threads": args.threads,
+        },
+        "points": points,
+        "goals": goals(points),
+    }
     tag = "cuda" if cuda else "cpu"
     out = args.out
     write_json_atomic(out / f"kernels_{tag}.json", result)
-    title = (f"{args.device}: B={cfg['batch']}, d_model {cfg['n_head'] * cfg['head_size']}, "
-             f"{cfg['n_head']} heads of {cfg['head_size']}, {cfg['dtype']}")
+    title = (
+        f"{args.device}: B={cfg['batch']}, d_model {cfg['n_head'] * cfg['head_size']}, "
+        f"{cfg['n_head']} heads of {cfg['head_size']}, {cfg['dtype']}"
+    )
     plot(out / f"kernels_time_{tag}.png", points, "seconds", "seconds per call (wall)", title)
-    plot(out / f"kernels_memory_{tag}.png", [{**p, "mib": p["peak_bytes"] / 2**20} for p in points
-                                              if "peak_bytes" in p], "mib", "peak MiB above baseline", title)
+    plot(
+        out / f"kernels_memory_{tag}.png",
+        [{**p, "mib": p["peak_bytes"] / 2**20} for p in points if "peak_bytes" in p],
+        "mib",
+        "peak MiB above baseline",
+        title,
+    )
     for row in result["goals"]:
         print(json.dumps(row))
     print(f"wrote {out / f'kernels_{tag}.json'} and two PNGs")

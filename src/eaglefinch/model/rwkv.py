@@ -14,7 +14,7 @@ from eaglefinch.model.time_mix import TimeMixV5, TimeMixV6
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: time mixing then channel mixing (layer 0 also normalises the embedding)."""
+    """Pre-LayerNorm residual block: time mixing, then channel mixing (layer 0 also normalises the input)."""
 
     def __init__(self, config: RWKVConfig, layer_id: int):
         super().__init__()
@@ -94,7 +94,9 @@ class RWKV(nn.Module):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
-                raise ConfigError(f"token id {bad} is outside this model's vocabulary [0, {self.config.vocab_size})")
+                raise ConfigError(
+                    f"token id {bad} is outside this model's vocabulary [0, {self.config.vocab_size})"
+                )
 
     def forward_hidden(
         self, tokens: torch.Tensor, state: RWKVState | None = None
@@ -140,9 +142,16 @@ class RWKV(nn.Module):
             hidden = hidden[:, -1:]
         return self.head(hidden).float(), state
 
-    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, state: RWKVState | None = None,
-             ignore_index: int = -100) -> tuple[torch.Tensor, RWKVState]:
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        state: RWKVState | None = None,
+        ignore_index: int = -100,
+    ) -> tuple[torch.Tensor, RWKVState]:
         """Mean next-token cross-entropy of ``targets`` [B, T] given ``tokens`` [B, T]."""
         logits, state = self(tokens, state)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1).long(), ignore_index=ignore_index)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]), targets.reshape(-1).long(), ignore_index=ignore_index
+        )
         return loss, state

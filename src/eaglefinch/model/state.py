@@ -89,7 +89,9 @@ class RWKVState:
         """Stack states of the same model along the batch dimension."""
         if not states:
             raise StateError("cat() needs at least one state")
-        return cls(**{name: torch.cat([s.tensors()[name] for s in states], dim=1) for name in states[0].tensors()})
+        return cls(
+            **{name: torch.cat([s.tensors()[name] for s in states], dim=1) for name in states[0].tensors()}
+        )
 
     def check(self, config: RWKVConfig, batch_size: int | None = None) -> None:
         """Raise a clear StateError if this state does not fit ``config`` (and the batch)."""

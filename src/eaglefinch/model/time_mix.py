@@ -25,7 +25,9 @@ class TimeMix(nn.Module):
         super().__init__()
         C, A = config.n_embd, config.dim_att
         self.n_head, self.head_size = config.n_head, config.head_size
-        self.time_faaaa = nn.Parameter(torch.zeros(self.n_head, self.head_size))  # bonus u for the current token
+        self.time_faaaa = nn.Parameter(
+            torch.zeros(self.n_head, self.head_size)
+        )  # bonus u for the current token
         self.receptance = nn.Linear(C, A, bias=False)
         self.key = nn.Linear(C, A, bias=False)
         self.value = nn.Linear(C, A, bias=False)
@@ -60,7 +62,9 @@ class TimeMix(nn.Module):
         g = F.silu(self.gate(xg))
         y, wkv_state = wkv(r, k, v, log_w, self.time_faaaa, wkv_state, mode=self.wkv_mode)
         # GroupNorm in float32: y can be large, and bf16 statistics would lose the parity.
-        y = F.group_norm(y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(), self.ln_x.bias.float(), LN_X_EPS)
+        y = F.group_norm(
+            y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(), self.ln_x.bias.float(), LN_X_EPS
+        )
         out = self.output(y.view(B, T, H * N).to(xx.dtype) * g)
         return out, xx[:, -1], wkv_state
 

@@ -34,7 +34,9 @@ def read_documents(path: Path) -> list[tuple[str, str]]:
     """``[(title, text)]`` from a JSON-lines file (``.gz`` read through gzip)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"corpus {path} not found: pass --corpus PATH to a JSON-lines file with 'title' and 'text'")
+        raise DataError(
+            f"corpus {path} not found: pass --corpus PATH to a JSON-lines file with 'title' and 'text'"
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     docs = []
     try:

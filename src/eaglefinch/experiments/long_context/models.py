@@ -63,7 +63,9 @@ class RWKV4Block(nn.Module):
         self.ln1 = nn.LayerNorm(d_model)
         self.ln2 = nn.LayerNorm(d_model)
         self.att = StatefulTimeMixV4(d_model, layer_id, n_layer)
-        self.ffn = ChannelMix(RWKVConfig("5.2", n_layer=n_layer, n_embd=d_model, head_size=rwkv_head_size(d_model)))
+        self.ffn = ChannelMix(
+            RWKVConfig("5.2", n_layer=n_layer, n_embd=d_model, head_size=rwkv_head_size(d_model))
+        )
         with torch.no_grad():  # the official RWKV-4 channel-mixing init
             r1 = layer_ratios(layer_id, n_layer)[1]
             ddd = (torch.arange(d_model, dtype=torch.float64) / d_model) ** r1
@@ -135,9 +137,13 @@ class RoPEAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+        q, k, v = (
+            self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)
+        )  # (B, nh, T, hs)
         cos, sin = rope_tables(T, self.head_size, device=x.device)
-        y = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True)
+        y = F.scaled_dot_product_attention(
+            apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True
+        )
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -147,7 +153,9 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(d_model)
         self.att = RoPEAttention(d_model, head_size)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, d_ffn, bias=False), nn.GELU(), nn.Linear(d_ffn, d_model, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, d_ffn, bias=False), nn.GELU(), nn.Linear(d_ffn, d_model, bias=False)
+        )
         nn.init.zeros_(self.mlp[2].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +192,9 @@ def make_model(name: str, vocab_size: int, d_model: int, n_layer: int) -> nn.Mod
         return RWKV4LM(vocab_size, d_model, n_layer)
     if name in ("eagle", "finch"):
         version = "5.2" if name == "eagle" else "6.0"
-        return RWKV(RWKVConfig(version, n_layer=n_layer, n_embd=d_model, head_size=head_size, vocab_size=vocab_size))
+        return RWKV(
+            RWKVConfig(version, n_layer=n_layer, n_embd=d_model, head_size=head_size, vocab_size=vocab_size)
+        )
     if name == "transformer":
         d_ffn = RWKVConfig("6.0", n_layer=n_layer, n_embd=d_model, head_size=head_size).dim_ffn
         return TransformerLM(vocab_size, d_model, n_layer, head_size, d_ffn)

@@ -39,9 +39,15 @@ DEFAULT_OUT = Path("benchmarks/results/long_context")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
-    parser.add_argument("--corpus", type=Path, default=None,
-                        help="JSON lines with 'title' and 'text' (.gz allowed); default: the shipped KJV slice")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="JSON lines with 'title' and 'text' (.gz allowed); default: the shipped KJV slice",
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}"
+    )
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=512, help="training context")
@@ -50,10 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--heldout", type=int, default=3, help="whole documents held out for evaluation")
     parser.add_argument("--eval-len", type=int, default=16384, help="tokens read per held-out document")
-    parser.add_argument("--eval-chunk", type=int, default=1024, help="tokens per call, state carried between calls")
+    parser.add_argument(
+        "--eval-chunk", type=int, default=1024, help="tokens per call, state carried between calls"
+    )
     parser.add_argument("--bins", type=int, default=24, help="log-spaced bins over positions 1..eval-len")
-    parser.add_argument("--vocab", type=int, default=1024,
-                        help="compact vocabulary: the most frequent training tokens, plus one unknown id")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=1024,
+        help="compact vocabulary: the most frequent training tokens, plus one unknown id",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -99,7 +111,8 @@ def range_means(mean: np.ndarray, ctx: int) -> dict[str, float]:
 
 
 def verdict(models: dict[str, dict], ctx: int) -> str:
-    """Whether the paper's ordering shows: past ``ctx`` RWKV-4's loss climbs most, Eagle's less, Finch's least.
+    """Whether the paper's ordering shows: past ``ctx`` RWKV-4's loss climbs most, Eagle's less, Finch's
+    least.
 
     The change is the last position range's mean loss minus the mean over the second half of the
     training window (the first half is dominated by the start of the document, where any model is
@@ -110,13 +123,17 @@ def verdict(models: dict[str, dict], ctx: int) -> str:
         return "Not all three recurrent models ran; no ordering to check."
     parts = ", ".join(f"{LABELS[n]} {rise[n]:+.3f}" for n in ("rwkv4", "eagle", "finch"))
     ordered = rise["rwkv4"] > rise["eagle"] > rise["finch"]
-    lead = (f"Change in mean loss from positions {ctx // 2 + 1}-{ctx} to the last range: {parts} "
-            "(the paper: RWKV-4 climbs, Eagle less, Finch stays low). ")
+    lead = (
+        f"Change in mean loss from positions {ctx // 2 + 1}-{ctx} to the last range: {parts} "
+        "(the paper: RWKV-4 climbs, Eagle less, Finch stays low). "
+    )
     if ordered and rise["rwkv4"] > 0:
         return lead + "The paper's ordering shows at this scale."
     if ordered:
-        return lead + ("The changes are in the paper's order, but RWKV-4 does not climb past its training "
-                       "length, so the paper's effect does not show at this scale.")
+        return lead + (
+            "The changes are in the paper's order, but RWKV-4 does not climb past its training "
+            "length, so the paper's effect does not show at this scale."
+        )
     return lead + "The paper's ordering does not show at this scale."
 
 
@@ -163,7 +180,11 @@ def readme(result: dict) -> str:
         "| --- | --- | " + " | ".join("---" for _ in keys) + " |",
     ]
     for name, m in models.items():
-        lines.append(f"| {LABELS[name]} | {m['params']:,} | " + " | ".join(f"{m['ranges'][k]:.3f}" for k in keys) + " |")
+        lines.append(
+            f"| {LABELS[name]} | {m['params']:,} | "
+            + " | ".join(f"{m['ranges'][k]:.3f}" for k in keys)
+            + " |"
+        )
     lines += ["", verdict(models, cfg["ctx"]), "", "![loss by position](long_context.png)", ""]
     return "\n".join(lines)
 
@@ -181,8 +202,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.corpus or shipped_corpus()
-    corpus = build_corpus(path, n_heldout=args.heldout, min_heldout_tokens=args.eval_len + 1, seed=args.seed,
-                          vocab_size=args.vocab)
+    corpus = build_corpus(
+        path,
+        n_heldout=args.heldout,
+        min_heldout_tokens=args.eval_len + 1,
+        seed=args.seed,
+        vocab_size=args.vocab,
+    )
     docs = [d[: args.eval_len + 1] for d in corpus.heldout]
     result = {
         "environment": environment_stamp("cpu"),
@@ -220,11 +246,18 @@ def run(args: argparse.Namespace) -> int:
             "documents_per_position_min": int(count.min()),
             "bins": {"position": centres.round(2).tolist(), "loss": means.round(5).tolist()},
         }
-        tqdm.write(f"{LABELS[name]}: train {t1 - t0:.0f} s, eval {t2 - t1:.0f} s, ranges {result['models'][name]['ranges']}")
+        tqdm.write(
+            f"{LABELS[name]}: train {t1 - t0:.0f} s, eval {t2 - t1:.0f} s, "
+            f"ranges {result['models'][name]['ranges']}"
+        )
     out = args.out
     write_json_atomic(out / "results.json", result)
-    plot(out / "long_context.png", result["models"], args.ctx,
-         f"d={args.d_model}, L={args.n_layer}, ctx {args.ctx}, {len(docs)} held-out documents")
+    plot(
+        out / "long_context.png",
+        result["models"],
+        args.ctx,
+        f"d={args.d_model}, L={args.n_layer}, ctx {args.ctx}, {len(docs)} held-out documents",
+    )
     write_text_atomic(out / "README.md", readme(result))
     print(verdict(result["models"], args.ctx))
     print(f"wrote {out / 'results.json'}, {out / 'long_context.png'}, {out / 'README.md'}")

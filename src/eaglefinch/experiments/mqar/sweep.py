@@ -106,9 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seq-lens", type=_seq_lens, help="T or T:N items (default 64; --full: 64,128,256,512)"
     )
-    parser.add_argument(
-        "--dims", type=_int_list, help="d_model values (default 64; --full: 64,128,256,512)"
-    )
+    parser.add_argument("--dims", type=_int_list, help="d_model values (default 64; --full: 64,128,256,512)")
     parser.add_argument("--lrs", type=_float_list, help="learning rates, tried in order (default 1e-3)")
     parser.add_argument("--num-train", type=int, help="training examples per cell")
     parser.add_argument("--num-test", type=int, help="held-out examples per cell")
