@@ -324,7 +324,8 @@ def plot(path: Path, points: list[dict], key: str, ylabel: str, title: str) -> N
         ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[mode], fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[-1].legend(fontsize=7)
+    if axes[-1].get_legend_handles_labels()[0]:  # nothing to draw when no point could be measured
+        axes[-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
