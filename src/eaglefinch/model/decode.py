@@ -74,10 +74,10 @@ class Linear:
         elif kind in ("int8", "w8a8"):
             w = weight.float()
             scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (out,)
-            self.weight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+            rows = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
             self.scale = scale.to(torch.bfloat16)
-            if kind == "w8a8":
-                self.packed = _fbgemm_int8(self.weight, scale)
+            # w8a8 keeps only FBGEMM's packed copy of the rows, not a second one
+            self.weight = _fbgemm_int8(rows, scale) if kind == "w8a8" else rows
         else:
             raise ConfigError(f"unknown matrix layout {kind!r}")
 
@@ -91,7 +91,7 @@ class Linear:
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.weight).to(x.dtype)
         if self.kind == "w8a8":
             # reduce_range=True: 7-bit inputs, so that AVX2's u8 x s8 pair sums cannot saturate int16
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
+            return torch.ops.quantized.linear_dynamic(x.float(), self.weight, True).to(x.dtype)
         return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scale).to(x.dtype)
 
     def nbytes(self) -> int:
