@@ -46,8 +46,8 @@ PAPER_TRAIN = TrainConfig(num_train=100_000, num_test=3_000, epochs=64)
 # (RWKV-4 against Eagle and Finch), with the GPU sweep's data, batch and rate (20,000 examples,
 # batch 256, lr 1e-3) for at most 8 epochs (632 steps; Eagle and Finch solved the cell there after
 # 474 and 553). Fewer examples at a smaller batch did not get past chance in 750 steps. Mamba is left
-# out of the CPU default: transformers' pure-PyTorch Mamba takes about 8x Eagle's step time here;
-# name it in --models to run it.
+# out of the CPU default: transformers' pure-PyTorch Mamba mixer takes 12x the Finch WKV's CPU time
+# for forward+backward at T = 2048 (benchmarks/results/kernels); name it in --models to run it.
 DEFAULT_SEQ_LENS = (64,)
 DEFAULT_DIMS = (64,)
 DEFAULT_LRS = (1e-3,)
@@ -132,8 +132,8 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[tuple[int, int]], li
         elif not args.full and args.device == "cpu":
             models.remove("mamba")
             print(
-                "eaglefinch bench mqar: leaving Mamba out of the CPU default (about 8x Eagle's step time "
-                "here); add it with --models rwkv4,eagle,finch,attention,mamba",
+                "eaglefinch bench mqar: leaving Mamba out of the CPU default (its pure-PyTorch scan is "
+                "slow on CPU); add it with --models rwkv4,eagle,finch,attention,mamba",
                 file=sys.stderr,
             )
     else:
