@@ -1,4 +1,4 @@
-"""Kernels benchmark: each contender runs and reports, segment recompute equals the plain kernel,
+"""Kernels benchmark: each contender runs and reports, the two Finch backward strategies agree,
 skip estimates and goal ratios against hand-computed values, one point through a subprocess."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from eaglefinch.experiments import kernels
-from eaglefinch.ops.wkv_chunked import wkv_chunked
 
 TINY = {"batch": 1, "n_head": 2, "head_size": 8, "dtype": "float32"}
 
@@ -27,21 +26,28 @@ def test_measure_each_contender(contender, mode):
         assert point["sdpa_backend"]
 
 
-def test_segment_recompute_equals_plain_kernel(monkeypatch):
-    monkeypatch.setattr(kernels, "SEGMENT", 16)
-    g = torch.Generator().manual_seed(1)
-    shape = (2, 45, 2, 4)
-    r, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    w = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
-    u = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    inputs = (r, k, v, w, u)
-    y1 = kernels._segmented_wkv(r, k, v, -torch.exp(w), u)
-    g1 = torch.autograd.grad(y1.square().sum(), inputs)
-    y2, _ = wkv_chunked(r, k, v, -torch.exp(w), u)
-    g2 = torch.autograd.grad(y2.square().sum(), inputs)
-    torch.testing.assert_close(y1, y2)
+def test_finch_contenders_differ_only_in_what_backward_keeps():
+    """``finch`` (recomputing backward) and ``finch-autograd`` compute the same values and gradients
+    from the same inputs; the recomputing one keeps less for backward."""
+    cfg = {"batch": 1, "n_head": 2, "head_size": 8, "dtype": "float64"}
+    results = {}
+    for contender in ("finch", "finch-autograd"):
+        call, inputs, _ = kernels.make_point(contender, 600, cfg, "cpu", torch.Generator().manual_seed(3))
+        kept = 0
+
+        def pack(t):
+            nonlocal kept
+            kept += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = call()
+        results[contender] = (y, torch.autograd.grad(y.square().sum(), inputs), kept)
+    (y1, g1, kept1), (y2, g2, kept2) = results["finch"], results["finch-autograd"]
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
     for a, b in zip(g1, g2, strict=True):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert kept1 * 3 < kept2, (kept1, kept2)
 
 
 def test_skip_reason_extrapolates_time():

@@ -353,25 +353,96 @@ def test_no_grad_path_matches(decay: str):
     torch.testing.assert_close(s0, s.detach(), rtol=1e-13, atol=1e-13)
 
 
+def _saved_bytes(T: int, recompute: bool, H: int = 2, N: int = 16) -> tuple[int, int]:
+    """(bytes autograd keeps for backward, bytes of r, k, v and log_w) for one Finch call."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = make_inputs(Case(1, T, H, N, "finch", torch.float32))
+    leaves = [x[n].float().requires_grad_() for n in ("r", "k", "v", "log_w", "u")]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        wkv_chunked(*leaves, chunk_size=32, recompute=recompute)
+    return total, sum(t.numel() * t.element_size() for t in leaves[:4])
+
+
 def test_backward_memory_is_linear_in_T():
-    """The tensors autograd keeps for backward grow linearly with T (no per-token full-size slices)."""
-
-    def saved_bytes(T: int) -> int:
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        x = make_inputs(Case(1, T, 2, 16, "finch", torch.float32))
-        leaves = [x[n].float().requires_grad_() for n in ("r", "k", "v", "log_w", "u")]
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            wkv_chunked(*leaves, chunk_size=32)
-        return total
-
-    small, large = saved_bytes(512), saved_bytes(2048)
+    """Plain autograd: the tensors kept for backward grow linearly with T (no per-token full-size
+    slices)."""
+    small, large = _saved_bytes(512, False)[0], _saved_bytes(2048, False)[0]
     assert large <= 4.4 * small, f"saved for backward: {small} bytes at T=512, {large} at T=2048"
+
+
+@pytest.mark.parametrize("T", [512, 4096])
+def test_recompute_keeps_only_inputs_and_segment_states(T: int):
+    """With recompute (the default) backward keeps r, k, v, log_w, u and one N x N state per head
+    per segment: nothing that grows with the chunk's intermediates."""
+    H, N = 4, 64
+    saved, inputs = _saved_bytes(T, True, H, N)
+    segments = -(-T // chunked_module.RECOMPUTE_SEGMENT)
+    bound = inputs + H * N * 4 + segments * H * N * N * 4
+    assert saved <= bound, f"T={T}: kept {saved} bytes for backward, expected at most {bound}"
+    plain, _ = _saved_bytes(T, False, H, N)
+    assert saved * 4 < plain, f"T={T}: recompute keeps {saved} bytes, plain autograd {plain}"
+
+
+def _recompute_cases():
+    cases = []
+    for decay in ("finch", "eagle"):
+        for dtype in (torch.float64, torch.float32):
+            cases += [Case(2, 200, 2, 16, decay, dtype), Case(1, 1000, 2, 16, decay, dtype)]
+        cases.append(Case(2, 150, 2, 16, decay, torch.float64, log_w="mixed"))
+        cases.append(Case(2, 200, 2, 16, decay, torch.bfloat16))
+    return [pytest.param(case, id=case.id) for case in cases]
+
+
+@pytest.mark.parametrize("segment", [16, 48, 128])
+@pytest.mark.parametrize("case", _recompute_cases())
+def test_recompute_and_plain_autograd_match_reference(case: Case, segment: int, monkeypatch):
+    """Both backward strategies against the float64 loop, with segments of one chunk, of three
+    chunks (the last one partial) and the default; the sequence tail past whole chunks included."""
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", segment)
+    expected = reference(case)
+    for recompute in (True, False):
+
+        def kernel(r, k, v, log_w, u, state, recompute=recompute):
+            return wkv_chunked(r, k, v, log_w, u, state, chunk_size=16, recompute=recompute)
+
+        actual = run_with_grads(kernel, make_inputs(case), case.dtype)
+        assert_matches(actual, expected, case.dtype, f"recompute={recompute} segment={segment} {case.id}")
+
+
+@pytest.mark.parametrize("decay", ["finch", "eagle"])
+def test_recompute_gradcheck(decay: str, monkeypatch):
+    """torch's finite-difference check of the recomputing backward, every input at once, over
+    several segments."""
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", 8)
+    x = make_inputs(Case(1, 37, 2, 4, decay, torch.float64))
+    leaves = [x[n].clone().requires_grad_() for n in ("r", "k", "v", "log_w", "u", "state")]
+
+    def f(*args):
+        return wkv_chunked(*args, chunk_size=4)
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+@pytest.mark.parametrize("only", ["r", "log_w", "state"])
+def test_recompute_with_one_input_requiring_grad(only: str, monkeypatch):
+    """Only one leaf needs a gradient (say, tuning the initial state of a frozen model): it gets
+    the right one, and the others get none."""
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", 16)
+    case = Case(2, 100, 2, 16, "finch", torch.float64)
+    x = make_inputs(case)
+    names = ("r", "k", "v", "log_w", "u", "state")
+    leaves = [x[n].clone().requires_grad_(n == only) for n in names]
+    y, state = wkv_chunked(*leaves, chunk_size=16)
+    ((y * x["dy"]).sum() + (state * x["dstate"]).sum()).backward()
+    expected = reference(case)["d" + only if only != "state" else "dstate0"]
+    torch.testing.assert_close(leaves[names.index(only)].grad, expected, rtol=1e-12, atol=1e-12)
+    assert all(leaf.grad is None for n, leaf in zip(names, leaves, strict=True) if n != only)
 
 
 def test_rejects_bad_shapes():

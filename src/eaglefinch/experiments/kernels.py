@@ -10,10 +10,10 @@ Usage::
 Contenders, each on one layer's worth of input (fp32 on CPU, bf16 on CUDA):
 
 - ``finch``: ``eaglefinch.ops.wkv_chunked.wkv_chunked`` with a per-token decay, r/k/v/log_w
-  ``[B, T, H, N]`` (the kernel alone: no projections).
-- ``finch-recompute``: the same kernel run on segments of ``SEGMENT`` tokens with the state carried,
-  each segment under ``torch.utils.checkpoint``: backward recomputes a segment's intra-chunk tensors
-  instead of keeping them, trading time for memory.
+  ``[B, T, H, N]`` (the kernel alone: no projections), as shipped: its backward keeps the inputs and
+  one state per segment and rebuilds each segment's intermediates (``recompute=True``).
+- ``finch-autograd``: the same kernel with ``recompute=False``: plain autograd, which keeps every
+  intra-chunk tensor for backward (what the kernel did before it recomputed segments).
 - ``eagle``: the same kernel with a decay constant in time (``log_w`` of shape ``[H, N]``).
 - ``attention``: ``torch.nn.functional.scaled_dot_product_attention`` (causal) on q/k/v
   ``[B, H, T, N]``, forced onto the FlashAttention backend where it is available (the backend
@@ -47,18 +47,18 @@ import torch
 
 from eaglefinch.errors import ConfigError
 from eaglefinch.experiments import MALLOC_ENV, environment_stamp, write_json_atomic
+from eaglefinch.ops.wkv_chunked import RECOMPUTE_SEGMENT
 
 HELP = "time and peak memory of Finch/Eagle WKV, softmax attention and Mamba vs T (paper Figures 6, 7)"
-CONTENDERS: tuple[str, ...] = ("finch", "finch-recompute", "eagle", "attention", "mamba")
+CONTENDERS: tuple[str, ...] = ("finch", "finch-autograd", "eagle", "attention", "mamba")
 LABELS = {
     "finch": "Finch WKV (chunked)",
-    "finch-recompute": "Finch WKV (chunked, segment recompute)",
+    "finch-autograd": "Finch WKV (chunked, plain autograd)",
     "eagle": "Eagle WKV (chunked)",
     "attention": "softmax attention (SDPA)",
     "mamba": "Mamba mixer",
 }
 MODES = ("fwd", "fwdbwd")
-SEGMENT = 1024
 DEFAULT_OUT = Path("benchmarks/results/kernels")
 # Time grows about linearly in T for the recurrent kernels and quadratically for attention.
 GROWTH_EXPONENT = {"attention": 2.0}
@@ -105,22 +105,6 @@ def _hwm_bytes() -> int:
     raise OSError("VmHWM not found in /proc/self/status")
 
 
-def _segmented_wkv(r, k, v, log_w, u):
-    """``wkv_chunked`` over ``SEGMENT``-token pieces, each recomputed in backward (``checkpoint``)."""
-    from torch.utils.checkpoint import checkpoint
-
-    from eaglefinch.ops.wkv_chunked import wkv_chunked
-
-    state, ys = None, []
-    for s in range(0, r.shape[1], SEGMENT):
-        part = slice(s, s + SEGMENT)
-        y, state = checkpoint(
-            wkv_chunked, r[:, part], k[:, part], v[:, part], log_w[:, part], u, state, use_reentrant=False
-        )
-        ys.append(y)
-    return torch.cat(ys, dim=1)
-
-
 def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Generator):
     """Build ``(call, inputs, info)``: ``call()`` returns the output; ``inputs`` need gradients."""
     B, H, N = cfg["batch"], cfg["n_head"], cfg["head_size"]
@@ -130,7 +114,7 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype).requires_grad_()
 
-    if contender in ("finch", "finch-recompute", "eagle"):
+    if contender in ("finch", "finch-autograd", "eagle"):
         from eaglefinch.ops.wkv_chunked import wkv_chunked
 
         r, k, v = randn(B, T, H, N), randn(B, T, H, N, scale=N**-0.5), randn(B, T, H, N)
@@ -138,9 +122,8 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
         # log_w = -exp(w), w ~ N(-1, 0.5): per-token decays near the trained models' range
         w = randn(H, N, scale=0.5) if contender == "eagle" else randn(B, T, H, N, scale=0.5)
         inputs = [r, k, v, w, u]
-        if contender == "finch-recompute":
-            return (lambda: _segmented_wkv(r, k, v, -torch.exp(w - 1.0), u)), inputs, info
-        return (lambda: wkv_chunked(r, k, v, -torch.exp(w - 1.0), u)[0]), inputs, info
+        recompute = contender != "finch-autograd"
+        return (lambda: wkv_chunked(r, k, v, -torch.exp(w - 1.0), u, recompute=recompute)[0]), inputs, info
     if contender == "attention":
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -345,7 +328,7 @@ def goals(points: list[dict]) -> list[dict]:
         if c != "finch" or T < 2048:
             continue
         row = {"T": T, "mode": mode}
-        for peer in ("attention", "mamba", "finch-recompute"):
+        for peer in ("attention", "mamba", "finch-autograd"):
             p = table.get((peer, T, mode))
             if p:
                 row[f"memory_finch_over_{peer}"] = f["peak_bytes"] / max(p["peak_bytes"], 1)
@@ -422,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
             **cfg,
             "d_model": cfg["n_head"] * cfg["head_size"],
             "device": args.device,
-            "segment": SEGMENT,
+            "recompute_segment": RECOMPUTE_SEGMENT,
             "threads": args.threads,
         },
         "points": points,

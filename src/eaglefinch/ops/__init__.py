@@ -25,14 +25,16 @@ def wkv(
     *,
     mode: str = "auto",
     chunk_size: int = 32,  # 16 and 32 beat 64 and 128 on CPU: benchmarks/results/wkv_kernels.json
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run WKV over ``[B, T, H, N]`` inputs; see ``wkv_reference`` for the contract.
 
     ``mode``: "auto" (one step for T = 1, chunked otherwise), "chunked" or "recurrent".
+    ``recompute``: the chunked form's memory-saving backward (see ``wkv_chunked``).
     """
     if mode not in ("auto", "chunked", "recurrent"):
         raise ValueError(f"unknown WKV mode {mode!r}: use 'auto', 'chunked' or 'recurrent'")
     T = r.shape[1]
     if mode == "recurrent" or (mode == "auto" and T == 1):
         return wkv_recurrent(r, k, v, log_w, u, state)
-    return wkv_chunked(r, k, v, log_w, u, state, chunk_size=chunk_size)
+    return wkv_chunked(r, k, v, log_w, u, state, chunk_size=chunk_size, recompute=recompute)

@@ -37,9 +37,17 @@ a sum of terms of one sign has a small relative error. log_w = 0 (no decay) and 
 -1e3 are therefore ordinary cases.
 
 Cost per token and head: one chunk x chunk masked product per halving level, O(chunk * N * log
-chunk) multiply-adds, O(N log chunk) elementwise work, O(N^2) for the state; memory O(T). The only
-Python loops run over chunks (the state scan) and over halving levels. Plain autograd through this
-module gives every gradient, in O(T) memory.
+chunk) multiply-adds, O(N log chunk) elementwise work, O(N^2) for the state. The only Python loops
+run over chunks (the state scan) and over halving levels.
+
+Backward. Plain autograd through these products keeps every intra-chunk tensor (A, the q and kd of
+each halving level, their masks and exponentials): about 60 floats per token and channel, 15x the
+inputs. By default the forward pass instead runs without a graph, segment by segment, and keeps
+only its inputs and the state entering each segment (N^2 per head per ``recompute_segment``
+tokens); backward walks the segments last to first, rebuilds one segment's graph from its saved
+state, and backpropagates through it alone with the gradient of the state leaving it. The result
+is the same arithmetic as plain autograd (so the same gradients), for one more forward pass and a
+working set of one segment instead of the whole sequence.
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ import torch.nn.functional as F
 # With 1 the halving goes down to single tokens, which measured fastest on CPU (2-15% over 2-8);
 # chunk sizes that are not powers of two still end in pairwise blocks (48 -> 3, 7 -> 7).
 PAIRWISE_BLOCK = 1
+# Tokens per segment rebuilt in backward (rounded up to whole chunks). Smaller segments keep less
+# live at once but more saved states (N^2 floats per head each) and more Python per token; on CPU
+# (12 heads of 64, fp32) 128 kept the least at T = 8192, and every size from 64 to 512 ran as fast as
+# whole-sequence autograd.
+RECOMPUTE_SEGMENT = 128
 # log_w below -LOG_W_FLOOR is clamped there: e^{-1e4} is 0 in float64 already.
 LOG_W_FLOOR = 1e4
 
@@ -64,6 +77,7 @@ def wkv_chunked(
     state: torch.Tensor | None = None,
     *,
     chunk_size: int = 32,  # 16 and 32 beat 64 and 128 on CPU: benchmarks/results/wkv_kernels.json
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run WKV over a sequence in chunks of ``chunk_size`` tokens.
 
@@ -76,6 +90,9 @@ def wkv_chunked(
         state: ``[B, H, N, N]`` initial state (key index first), zeros when ``None``.
         chunk_size: tokens per chunk; the state is materialised once per chunk. T need not be a
             multiple of it; T = 0 returns the state unchanged.
+        recompute: when a gradient is needed, keep only the inputs and one state per segment of
+            ``RECOMPUTE_SEGMENT`` tokens, and rebuild each segment in backward (the module
+            docstring); ``False`` keeps every intermediate for plain autograd. Same gradients.
 
     Returns:
         ``(y, state)``: ``y`` is ``[B, T, H, N]`` in r's dtype; ``state`` the final ``[B, H, N, N]``
@@ -117,7 +134,12 @@ def wkv_chunked(
     ys = []
     if T_main:
         g_main = g[:, :, :T_main] if per_token else g
-        y, S = _wkv_chunks(r[:, :, :T_main], k[:, :, :T_main], v[:, :, :T_main], g_main, u, S, L)
+        main = (r[:, :, :T_main], k[:, :, :T_main], v[:, :, :T_main], g_main, u, S)
+        segment = -(-RECOMPUTE_SEGMENT // L) * L
+        if recompute and T_main > segment and torch.is_grad_enabled() and any(x.requires_grad for x in main):
+            y, S = _SegmentRecompute.apply(*main, L, segment)
+        else:
+            y, S = _wkv_chunks(*main, L)
         ys.append(y)
     if T_main < T:
         # The tail is one shorter chunk, padded with k = v = 0 and log_w = 0: such tokens add
@@ -134,6 +156,73 @@ def wkv_chunked(
         ys.append(y[:, :, :t])
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     return y.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format), S
+
+
+class _SegmentRecompute(torch.autograd.Function):
+    """``_wkv_chunks`` over segments of ``segment`` tokens whose backward rebuilds one segment at a
+    time from the state that entered it (see "Backward" in the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, g, u, S, L: int, segment: int):
+        T = r.shape[2]
+        per_token = g.shape[2] != 1
+        ys, entering = [], []
+        for a in range(0, T, segment):  # grad mode is off in here: no graph, in-place shortcuts
+            b = min(a + segment, T)
+            entering.append(S)
+            y, S = _wkv_chunks(r[:, :, a:b], k[:, :, a:b], v[:, :, a:b], g[:, :, a:b] if per_token else g, u, S, L)
+            ys.append(y)
+        ctx.save_for_backward(r, k, v, g, u, torch.stack(entering))
+        ctx.L, ctx.segment = L, segment
+        return torch.cat(ys, dim=2), S
+
+    @staticmethod
+    def backward(ctx, dy, dS):
+        r, k, v, g, u, entering = ctx.saved_tensors
+        L, segment = ctx.L, ctx.segment
+        B, H, T, N = r.shape
+        per_token = g.shape[2] != 1
+        need = ctx.needs_input_grad[:6]
+
+        def like(x):  # gradient buffer laid out as the caller's [B, T, H, N] tensor, seen (B, H, T, N)
+            return x.new_empty(x.shape[0], x.shape[2], x.shape[1], x.shape[3]).transpose(1, 2)
+
+        dr, dk, dv = (like(x) if n else None for x, n in zip((r, k, v), need[:3], strict=True))
+        dg = (like(g) if per_token else torch.zeros_like(g)) if need[3] else None
+        du = torch.zeros_like(u) if need[4] else None
+        starts = list(range(0, T, segment))
+        for i in reversed(range(len(starts))):
+            a = starts[i]
+            b = min(a + segment, T)
+            with torch.enable_grad():
+                leaves = (
+                    r[:, :, a:b].detach().requires_grad_(need[0]),
+                    k[:, :, a:b].detach().requires_grad_(need[1]),
+                    v[:, :, a:b].detach().requires_grad_(need[2]),
+                    (g[:, :, a:b] if per_token else g).detach().requires_grad_(need[3]),
+                    u.detach().requires_grad_(need[4]),
+                    # the state entering every segment but the first carries the gradient back
+                    entering[i].detach().requires_grad_(i > 0 or need[5]),
+                )
+                y, S = _wkv_chunks(*leaves, L)
+                wanted = [x for x in leaves if x.requires_grad]
+                # the state leaving a segment need not depend on a wanted input (only r wanted, say)
+                outs, douts = zip(*[(o, d) for o, d in ((y, dy[:, :, a:b]), (S, dS)) if o.requires_grad], strict=True)
+                grads = iter(torch.autograd.grad(outs, wanted, douts, allow_unused=True))
+            got = [(next(grads) if x.requires_grad else None) for x in leaves]
+            got = [torch.zeros_like(x) if x.requires_grad and d is None else d for x, d in zip(leaves, got, strict=True)]
+            for buf, grad in zip((dr, dk, dv), got[:3], strict=True):
+                if buf is not None:
+                    buf[:, :, a:b] = grad
+            if dg is not None:
+                if per_token:
+                    dg[:, :, a:b] = got[3]
+                else:
+                    dg += got[3]
+            if du is not None:
+                du += got[4]
+            dS = got[5]
+        return dr, dk, dv, dg, du, dS if need[5] else None, None, None
 
 
 def _wkv_chunks(
