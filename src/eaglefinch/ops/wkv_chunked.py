@@ -170,7 +170,8 @@ class _SegmentRecompute(torch.autograd.Function):
         for a in range(0, T, segment):  # grad mode is off in here: no graph, in-place shortcuts
             b = min(a + segment, T)
             entering.append(S)
-            y, S = _wkv_chunks(r[:, :, a:b], k[:, :, a:b], v[:, :, a:b], g[:, :, a:b] if per_token else g, u, S, L)
+            part = (x[:, :, a:b] for x in (r, k, v))
+            y, S = _wkv_chunks(*part, g[:, :, a:b] if per_token else g, u, S, L)
             ys.append(y)
         ctx.save_for_backward(r, k, v, g, u, torch.stack(entering))
         ctx.L, ctx.segment = L, segment
@@ -207,10 +208,11 @@ class _SegmentRecompute(torch.autograd.Function):
                 y, S = _wkv_chunks(*leaves, L)
                 wanted = [x for x in leaves if x.requires_grad]
                 # the state leaving a segment need not depend on a wanted input (only r wanted, say)
-                outs, douts = zip(*[(o, d) for o, d in ((y, dy[:, :, a:b]), (S, dS)) if o.requires_grad], strict=True)
+                pairs = [(o, d) for o, d in ((y, dy[:, :, a:b]), (S, dS)) if o.requires_grad]
+                outs, douts = zip(*pairs, strict=True)
                 grads = iter(torch.autograd.grad(outs, wanted, douts, allow_unused=True))
-            got = [(next(grads) if x.requires_grad else None) for x in leaves]
-            got = [torch.zeros_like(x) if x.requires_grad and d is None else d for x, d in zip(leaves, got, strict=True)]
+            # allow_unused gives None for an input that nothing in this segment depends on
+            got = [_or_zeros(next(grads), x) if x.requires_grad else None for x in leaves]
             for buf, grad in zip((dr, dk, dv), got[:3], strict=True):
                 if buf is not None:
                     buf[:, :, a:b] = grad
@@ -223,6 +225,10 @@ class _SegmentRecompute(torch.autograd.Function):
                 du += got[4]
             dS = got[5]
         return dr, dk, dv, dg, du, dS if need[5] else None, None, None
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
 
 
 def _wkv_chunks(
