@@ -340,9 +340,12 @@ def test_output_dtypes(dtype: torch.dtype):
     assert torch.isfinite(y.float()).all()
 
 
+@pytest.mark.parametrize("segment", [32, 128])
 @pytest.mark.parametrize("decay", ["finch", "eagle"])
-def test_no_grad_path_matches(decay: str):
-    """Under no_grad the kernel takes in-place shortcuts: same values, and no graph."""
+def test_no_grad_path_matches(decay: str, segment: int, monkeypatch):
+    """Under no_grad the kernel runs segment by segment with in-place shortcuts: same values, and
+    no graph."""
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", segment)
     x = make_inputs(Case(2, 100, 2, 16, decay, torch.float64))
     leaves = [x[n].clone().requires_grad_() for n in ("r", "k", "v", "log_w", "u", "state")]
     y, s = wkv_chunked(*leaves, chunk_size=32)

@@ -119,11 +119,15 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
 
         r, k, v = randn(B, T, H, N), randn(B, T, H, N, scale=N**-0.5), randn(B, T, H, N)
         u = randn(H, N, scale=0.1)
-        # log_w = -exp(w), w ~ N(-1, 0.5): per-token decays near the trained models' range
-        w = randn(H, N, scale=0.5) if contender == "eagle" else randn(B, T, H, N, scale=0.5)
-        inputs = [r, k, v, w, u]
+        # log_w = -exp(w), w ~ N(-1, 0.5): per-token decays near the trained models' range. The
+        # kernel's own input is log_w (as attention's are q, k, v): made here, outside the call.
+        shape = (H, N) if contender == "eagle" else (B, T, H, N)
+        with torch.no_grad():
+            log_w = -torch.exp(randn(*shape, scale=0.5) - 1.0)
+        log_w.requires_grad_()
+        inputs = [r, k, v, log_w, u]
         recompute = contender != "finch-autograd"
-        return (lambda: wkv_chunked(r, k, v, -torch.exp(w - 1.0), u, recompute=recompute)[0]), inputs, info
+        return (lambda: wkv_chunked(r, k, v, log_w, u, recompute=recompute)[0]), inputs, info
     if contender == "attention":
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel

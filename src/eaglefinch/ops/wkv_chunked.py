@@ -136,10 +136,13 @@ def wkv_chunked(
         g_main = g[:, :, :T_main] if per_token else g
         main = (r[:, :, :T_main], k[:, :, :T_main], v[:, :, :T_main], g_main, u, S)
         segment = -(-RECOMPUTE_SEGMENT // L) * L
-        if recompute and T_main > segment and torch.is_grad_enabled() and any(x.requires_grad for x in main):
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in main)
+        if needs_grad and recompute and T_main > segment:
             y, S = _SegmentRecompute.apply(*main, L, segment)
-        else:
+        elif needs_grad:
             y, S = _wkv_chunks(*main, L)
+        else:  # inference: segment by segment too, so that one segment's intermediates are live at once
+            y, S, _ = _by_segments(*main, L, segment)
         ys.append(y)
     if T_main < T:
         # The tail is one shorter chunk, padded with k = v = 0 and log_w = 0: such tokens add
@@ -155,7 +158,23 @@ def wkv_chunked(
         y, S = _wkv_chunks(rt, kt, vt, gt, u, S, Lt)
         ys.append(y[:, :, :t])
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
-    return y.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format), S
+    # (B, H, T, N) -> [B, T, H, N]: no copy when y is already laid out so and keeps r's dtype
+    return y.transpose(1, 2).to(dtype).contiguous(), S
+
+
+def _by_segments(r, k, v, g, u, S, L: int, segment: int):
+    """``_wkv_chunks`` over ``segment``-token pieces with the state carried. Returns ``(y, final
+    state, [state entering each piece])``; y is (B, H, T, N), a view of a [B, T, H, N] tensor."""
+    B, H, T, N = r.shape
+    per_token = g.shape[2] != 1
+    y = r.new_empty(B, T, H, N).transpose(1, 2)  # the caller's layout: no copy on the way out
+    entering = []
+    for a in range(0, T, segment):
+        b = min(a + segment, T)
+        entering.append(S)
+        part = (x[:, :, a:b] for x in (r, k, v))
+        y[:, :, a:b], S = _wkv_chunks(*part, g[:, :, a:b] if per_token else g, u, S, L)
+    return y, S, entering
 
 
 class _SegmentRecompute(torch.autograd.Function):
@@ -164,18 +183,10 @@ class _SegmentRecompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, k, v, g, u, S, L: int, segment: int):
-        T = r.shape[2]
-        per_token = g.shape[2] != 1
-        ys, entering = [], []
-        for a in range(0, T, segment):  # grad mode is off in here: no graph, in-place shortcuts
-            b = min(a + segment, T)
-            entering.append(S)
-            part = (x[:, :, a:b] for x in (r, k, v))
-            y, S = _wkv_chunks(*part, g[:, :, a:b] if per_token else g, u, S, L)
-            ys.append(y)
+        y, S_out, entering = _by_segments(r, k, v, g, u, S, L, segment)  # grad mode is off in here
         ctx.save_for_backward(r, k, v, g, u, torch.stack(entering))
         ctx.L, ctx.segment = L, segment
-        return torch.cat(ys, dim=2), S
+        return y, S_out
 
     @staticmethod
     def backward(ctx, dy, dS):
