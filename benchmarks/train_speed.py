@@ -555,6 +555,11 @@ def main() -> None:
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--out", default=str(RESULTS / "train_speed.json"))
     parser.add_argument("--resume", action="store_true", help="keep contenders an interrupted run measured")
+    parser.add_argument(
+        "--only",
+        help="comma-separated contender names (or name prefixes) to measure again; the others are "
+        "kept from the existing --out file (after a change that only affects those)",
+    )
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -574,6 +579,19 @@ def main() -> None:
     done = {}
     if args.resume and partial.exists():  # contenders measured by an interrupted run of the same grid
         done = {r["name"]: r for r in json.loads(partial.read_text(encoding="utf-8"))}
+    remeasured = []
+    if args.only:
+        if not out.exists():
+            sys.exit(f"--only keeps the other contenders from {out}, which does not exist: run the full grid")
+        prefixes = [p.strip() for p in args.only.split(",") if p.strip()]
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        kept = {r["name"]: r for r in previous["results"]}
+        names = [spec["name"] for spec in grid(args.quick, args.threads)]
+        remeasured = [name for name in names if name.startswith(tuple(prefixes))]
+        if not remeasured:
+            sys.exit(f"--only {args.only}: no contender of the grid matches")
+        done = {name: r for name, r in kept.items() if name not in remeasured and name not in done} | done
+        stamp["kept_from_commit"] = previous["machine"].get("git_commit")
     for spec in grid(args.quick, args.threads):
         if spec["name"] in done:
             results.append(done[spec["name"]])
@@ -613,6 +631,8 @@ def main() -> None:
         "nice": args.nice,
         "summary": summary,
         "results": results,
+        # with --only: these were measured by this run, the others kept from the commit above
+        "remeasured": remeasured,
     }
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
