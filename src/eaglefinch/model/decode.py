@@ -44,8 +44,6 @@ from eaglefinch.model.time_mix import LN_X_EPS
 Weights = Literal["exact", "fp16", "int8", "w8a8"]
 WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8", "w8a8")
 LN_EPS = 1e-5
-# Non-exact weights: r, k, v, g (and the channel mix's key and receptance) as one product each.
-FUSE_PROJECTIONS = True
 
 
 class Linear:
@@ -133,34 +131,20 @@ def _layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
 class _Layer:
     """One block's tensors, packed for a single-token step."""
 
-    def __init__(self, block, version: str, matrix, fuse: bool):
+    def __init__(self, block, version: str, matrix):
         att, ffn = block.att, block.ffn
         self.ln1, self.ln2 = block.ln1, block.ln2
         self.n_head, self.head_size = att.n_head, att.head_size
         self.u = att.time_faaaa.detach().float().view(1, att.n_head, att.head_size, 1)  # bonus, (1, H, N, 1)
-        self.fused = fuse
-        if fuse:
-            # One product for the four projections: their four inputs as rows against the four
-            # matrices stacked, then row block i takes output block i. The weights are read once
-            # either way; one call instead of four saves the per-call cost (quantising the input,
-            # allocating the output), for 4x the multiply-adds of a product that waits on memory.
-            # Stacked in the order the token-shift mix produces its rows (see time_mix).
-            order = (
-                ("receptance", "key", "value", "gate")
-                if version == "5.2"
-                else ("key", "value", "receptance", "gate")
-            )
-            self.proj = matrix(torch.cat([getattr(att, name).weight for name in order]))
-            self.ffn_kr = matrix(torch.cat([ffn.key.weight, ffn.receptance.weight]))  # rows: xk, xr
-            self.ffn_width = ffn.key.weight.shape[0]
-        else:
-            self.r, self.k, self.v, self.g = (
-                matrix(m.weight) for m in (att.receptance, att.key, att.value, att.gate)
-            )
-            self.ffn_k, self.ffn_r = matrix(ffn.key.weight), matrix(ffn.receptance.weight)
-        self.o = matrix(att.output.weight)
-        self.ffn_v = matrix(ffn.value.weight)
+        self.r, self.k, self.v, self.g, self.o = (
+            matrix(m.weight) for m in (att.receptance, att.key, att.value, att.gate, att.output)
+        )
         self.lnx_w, self.lnx_b = att.ln_x.weight.detach().float(), att.ln_x.bias.detach().float()
+        self.ffn_k, self.ffn_r, self.ffn_v = (
+            matrix(ffn.key.weight),
+            matrix(ffn.receptance.weight),
+            matrix(ffn.value.weight),
+        )
         self.version = version
         if version == "5.2":
             # Order r, k, v, g; Eagle weights the current token: x_t = sx + (xx - sx) * mix_t.
@@ -170,7 +154,10 @@ class _Layer:
             self.w = torch.exp(-torch.exp(att.time_decay.detach().float())).view(
                 1, self.n_head, self.head_size, 1
             )
-            self.ffn_mix = torch.stack([ffn.time_mix_k, ffn.time_mix_r]).detach().view(2, 1, -1)  # xk, xr
+            self.ffn_mix_k, self.ffn_mix_r = (
+                ffn.time_mix_k.detach().view(1, -1),
+                ffn.time_mix_r.detach().view(1, -1),
+            )
         else:
             # Order w, k, v, r, g as the LoRA's five outputs; Finch weights the previous token.
             self.maa_x = att.time_maa_x.detach().view(1, -1)
@@ -185,11 +172,12 @@ class _Layer:
             )  # (C, 5R), (5, R, C)
             self.decay = att.time_decay.detach().float().view(1, -1)  # (1, A)
             self.decay_w1, self.decay_w2 = att.time_decay_w1.detach(), att.time_decay_w2.detach()
-            self.ffn_maa = torch.stack([ffn.time_maa_k, ffn.time_maa_r]).detach().view(2, 1, -1)  # xk, xr
+            self.ffn_maa_k, self.ffn_maa_r = (
+                ffn.time_maa_k.detach().view(1, -1),
+                ffn.time_maa_r.detach().view(1, -1),
+            )
 
     def matrices(self) -> list[Linear]:
-        if self.fused:
-            return [self.proj, self.o, self.ffn_kr, self.ffn_v]
         return [self.r, self.k, self.v, self.g, self.o, self.ffn_k, self.ffn_r, self.ffn_v]
 
     def time_mix(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor) -> torch.Tensor:
@@ -199,33 +187,19 @@ class _Layer:
         xx = _layer_norm(x, self.ln1)
         sx = shift.to(xx.dtype)
         if self.version == "5.2":
-            mixed = sx + (xx - sx) * self.mix  # (4, B, C): r, k, v, g
+            xr, xk, xv, xg = (sx + (xx - sx) * self.mix).unbind(0)
             w = self.w
         else:
             dx = sx - xx
             xxx = xx + dx * self.maa_x
             lora = torch.tanh(xxx @ self.maa_w1).view(B, 5, -1).transpose(0, 1)  # (5, B, R)
-            mixed = xx + dx * (self.maa + torch.bmm(lora, self.maa_w2))  # (5, B, C): w, k, v, r, g
-            d = self.decay + (torch.tanh(mixed[0] @ self.decay_w1) @ self.decay_w2).float()  # (B, A)
+            xw, xk, xv, xr, xg = (xx + dx * (self.maa + torch.bmm(lora, self.maa_w2))).unbind(0)
+            d = self.decay + (torch.tanh(xw @ self.decay_w1) @ self.decay_w2).float()  # (B, A)
             w = torch.exp(-torch.exp(d)).view(B, H, N, 1)
-            mixed = mixed[1:]  # k, v, r, g
-        if self.fused:
-            out = self.proj(mixed.reshape(-1, mixed.shape[-1])).view(4, B, 4, -1)
-            blocks = [out[i, :, i] for i in range(4)]
-        else:
-            mats = (
-                (self.r, self.k, self.v, self.g)
-                if self.version == "5.2"
-                else (self.k, self.v, self.r, self.g)
-            )
-            blocks = [m(x_i) for m, x_i in zip(mats, mixed.unbind(0), strict=True)]
-        r_out, k_out, v_out, g_out = (
-            blocks if self.version == "5.2" else (blocks[2], blocks[0], blocks[1], blocks[3])
-        )
-        r = r_out.float().view(B, H, 1, N)
-        k = k_out.float().view(B, H, N, 1)
-        v = v_out.float().view(B, H, 1, N)
-        g = F.silu(g_out)
+        r = self.r(xr).float().view(B, H, 1, N)
+        k = self.k(xk).float().view(B, H, N, 1)
+        v = self.v(xv).float().view(B, H, 1, N)
+        g = F.silu(self.g(xg))
         kv = k * v  # (B, H, N, N) = k^T v
         y = r @ (self.u * kv + wkv)  # (B, H, 1, N)
         wkv.mul_(w).add_(kv)  # S = k^T v + diag(w) S, in place
@@ -239,17 +213,14 @@ class _Layer:
         xx = _layer_norm(x, self.ln2)
         sx = shift.to(xx.dtype)
         if self.version == "5.2":
-            mixed = sx + (xx - sx) * self.ffn_mix  # (2, B, C): xk, xr
+            xk = sx + (xx - sx) * self.ffn_mix_k
+            xr = sx + (xx - sx) * self.ffn_mix_r
         else:
-            mixed = xx + (sx - xx) * self.ffn_maa
-        if self.fused:
-            out = self.ffn_kr(mixed.reshape(-1, mixed.shape[-1])).view(2, x.shape[0], -1)
-            k_out, r_out = out[0, :, : self.ffn_width], out[1, :, self.ffn_width :]
-        else:
-            k_out, r_out = self.ffn_k(mixed[0]), self.ffn_r(mixed[1])
-        k = torch.relu(k_out).square()
+            xk = xx + (sx - xx) * self.ffn_maa_k
+            xr = xx + (sx - xx) * self.ffn_maa_r
+        k = torch.relu(self.ffn_k(xk)).square()
         shift.copy_(xx)
-        return x + torch.sigmoid(r_out) * self.ffn_v(k)
+        return x + torch.sigmoid(self.ffn_r(xr)) * self.ffn_v(k)
 
 
 class DecodeModel:
@@ -288,11 +259,8 @@ class DecodeModel:
         with torch.no_grad():
             self.emb = model.emb.weight.detach()
             self.ln0 = model.blocks[0].ln0
-            # Fused projections only where the weights are copied anyway (stacking them would
-            # otherwise duplicate the model's matrices).
-            fuse = FUSE_PROJECTIONS and weights != "exact"
             self.layers = [
-                _Layer(block, self.config.version, lambda w: Linear(w, kind), fuse) for block in model.blocks
+                _Layer(block, self.config.version, lambda w: Linear(w, kind)) for block in model.blocks
             ]
             self.ln_out = model.ln_out
             self.head = Linear(model.head.weight, kind)
