@@ -380,9 +380,10 @@ def test_backward_memory_is_linear_in_T():
 
 
 @pytest.mark.parametrize("T", [512, 4096])
-def test_recompute_keeps_only_inputs_and_segment_states(T: int):
+def test_recompute_keeps_only_inputs_and_segment_states(T: int, monkeypatch):
     """With recompute (the default) backward keeps r, k, v, log_w, u and one N x N state per head
     per segment: nothing that grows with the chunk's intermediates."""
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_ABOVE", 0)
     H, N = 4, 64
     saved, inputs = _saved_bytes(T, True, H, N)
     segments = -(-T // chunked_module.RECOMPUTE_SEGMENT)
@@ -390,6 +391,13 @@ def test_recompute_keeps_only_inputs_and_segment_states(T: int):
     assert saved <= bound, f"T={T}: kept {saved} bytes for backward, expected at most {bound}"
     plain, _ = _saved_bytes(T, False, H, N)
     assert saved * 4 < plain, f"T={T}: recompute keeps {saved} bytes, plain autograd {plain}"
+
+
+def test_recompute_starts_above_its_threshold():
+    """Up to RECOMPUTE_ABOVE tokens backward keeps what plain autograd keeps; beyond, far less."""
+    limit = chunked_module.RECOMPUTE_ABOVE
+    assert _saved_bytes(limit, True)[0] == _saved_bytes(limit, False)[0]
+    assert 4 * _saved_bytes(2 * limit, True)[0] < _saved_bytes(2 * limit, False)[0]
 
 
 def _recompute_cases():
@@ -408,6 +416,7 @@ def test_recompute_and_plain_autograd_match_reference(case: Case, segment: int, 
     """Both backward strategies against the float64 loop, with segments of one chunk, of three
     chunks (the last one partial) and the default; the sequence tail past whole chunks included."""
     monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", segment)
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_ABOVE", 0)
     expected = reference(case)
     for recompute in (True, False):
 
@@ -423,6 +432,7 @@ def test_recompute_gradcheck(decay: str, monkeypatch):
     """torch's finite-difference check of the recomputing backward, every input at once, over
     several segments."""
     monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", 8)
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_ABOVE", 0)
     x = make_inputs(Case(1, 37, 2, 4, decay, torch.float64))
     leaves = [x[n].clone().requires_grad_() for n in ("r", "k", "v", "log_w", "u", "state")]
 
@@ -437,6 +447,7 @@ def test_recompute_with_one_input_requiring_grad(only: str, monkeypatch):
     """Only one leaf needs a gradient (say, tuning the initial state of a frozen model): it gets
     the right one, and the others get none."""
     monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", 16)
+    monkeypatch.setattr(chunked_module, "RECOMPUTE_ABOVE", 0)
     case = Case(2, 100, 2, 16, "finch", torch.float64)
     x = make_inputs(case)
     names = ("r", "k", "v", "log_w", "u", "state")

@@ -64,6 +64,10 @@ PAIRWISE_BLOCK = 1
 # (12 heads of 64, fp32) 128 kept the least at T = 8192, and every size from 64 to 512 ran as fast as
 # whole-sequence autograd.
 RECOMPUTE_SEGMENT = 128
+# Sequences of at most this many whole-chunk tokens backpropagate by plain autograd: their
+# intermediates are small (about 60 MB for 512 tokens of 12 heads of 64), and recomputing costs
+# 1.2-1.4x the kernel's forward+backward time (benchmarks/wkv_kernels.py, benchmarks/results/kernels).
+RECOMPUTE_ABOVE = 512
 # log_w below -LOG_W_FLOOR is clamped there: e^{-1e4} is 0 in float64 already.
 LOG_W_FLOOR = 1e4
 
@@ -90,9 +94,10 @@ def wkv_chunked(
         state: ``[B, H, N, N]`` initial state (key index first), zeros when ``None``.
         chunk_size: tokens per chunk; the state is materialised once per chunk. T need not be a
             multiple of it; T = 0 returns the state unchanged.
-        recompute: when a gradient is needed, keep only the inputs and one state per segment of
-            ``RECOMPUTE_SEGMENT`` tokens, and rebuild each segment in backward (the module
-            docstring); ``False`` keeps every intermediate for plain autograd. Same gradients.
+        recompute: when a gradient is needed and T exceeds ``RECOMPUTE_ABOVE``, keep only the
+            inputs and one state per segment of ``RECOMPUTE_SEGMENT`` tokens, and rebuild each
+            segment in backward (the module docstring); ``False`` keeps every intermediate for
+            plain autograd. Same gradients.
 
     Returns:
         ``(y, state)``: ``y`` is ``[B, T, H, N]`` in r's dtype; ``state`` the final ``[B, H, N, N]``
@@ -137,7 +142,7 @@ def wkv_chunked(
         main = (r[:, :, :T_main], k[:, :, :T_main], v[:, :, :T_main], g_main, u, S)
         segment = -(-RECOMPUTE_SEGMENT // L) * L
         needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in main)
-        if needs_grad and recompute and T_main > segment:
+        if needs_grad and recompute and T_main > max(segment, RECOMPUTE_ABOVE):
             y, S = _SegmentRecompute.apply(*main, L, segment)
         elif needs_grad:
             y, S = _wkv_chunks(*main, L)
