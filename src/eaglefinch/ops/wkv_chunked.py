@@ -47,7 +47,9 @@ only its inputs and the state entering each segment (N^2 per head per ``recomput
 tokens); backward walks the segments last to first, rebuilds one segment's graph from its saved
 state, and backpropagates through it alone with the gradient of the state leaving it. The result
 is the same arithmetic as plain autograd (so the same gradients), for one more forward pass and a
-working set of one segment instead of the whole sequence.
+working set of one segment instead of the whole sequence. Sequences of up to ``RECOMPUTE_ABOVE``
+tokens keep plain autograd, whose intermediates are small there. Inference (no gradient) also runs
+segment by segment, writing into one preallocated output.
 """
 
 from __future__ import annotations
