@@ -109,3 +109,39 @@ def test_cpu_default_is_the_reduced_grid_without_mamba(capsys):
     if sweep.mamba_available():
         assert "mamba" in full_models
         assert sweep.plan(parser.parse_args(["--models", "mamba"]))[0] == ["mamba"]
+
+
+def test_split_models_balances_cost():
+    """Longest first onto the lightest group: finch (2.2) | eagle (2.0), rwkv4 (1.0) joins eagle's
+    group (2.0 < 2.2), attention (0.4) finch's (2.2 < 3.0); each group in the given order."""
+    groups = sweep.split_models(["rwkv4", "eagle", "finch", "attention"], 2)
+    assert groups == [["finch", "attention"], ["rwkv4", "eagle"]]
+    assert sweep.split_models(["finch", "eagle"], 8) == [["finch"], ["eagle"]]
+    assert sweep.split_models(["finch", "eagle", "attention"], 1) == [["finch", "eagle", "attention"]]
+
+
+def test_worker_command_line_plans_the_same_sweep(tmp_path):
+    """A --jobs worker's options, parsed again, give the parent's cells, widths, rates and
+    training settings, for its own models."""
+    argv = ["bench", "mqar", "--out", str(tmp_path), *TINY, "--seed", "3", "--all-lrs"]
+    parent = build_parser().parse_args(argv)
+    worker_argv = sweep._worker_argv(parent, ["attention"], 1, tmp_path)
+    worker = build_parser().parse_args(worker_argv)
+    assert worker.worker_position == 1 and worker.threads == 1 and worker.all_lrs
+    parent_plan, worker_plan = sweep.plan(parent), sweep.plan(worker)
+    assert worker_plan[0] == ["attention"]
+    assert worker_plan[1:4] == parent_plan[1:4]
+    assert {t: c.to_dict() for t, c in worker_plan[4].items()} == {
+        t: c.to_dict() for t, c in parent_plan[4].items()
+    }
+
+
+def test_jobs_split_the_models_across_processes(tmp_path):
+    """--jobs 2 trains each model in its own process; the parent writes one report of both."""
+    out = tmp_path / "mqar"
+    argv = ["bench", "mqar", "--models", "attention,rwkv4", "--jobs", "2", "--out", str(out), *TINY]
+    assert main([*argv[:-2], "--lrs", "1e-3"]) == 0
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["model"] for r in runs) == ["attention", "rwkv4"]
+    table = (out / "results.md").read_text()
+    assert "| Attention |" in table and "| RWKV-4 |" in table

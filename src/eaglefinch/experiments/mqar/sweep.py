@@ -2,7 +2,7 @@
 
 Usage::
 
-    eaglefinch bench mqar                       # the reduced default grid (a CPU run)
+    eaglefinch bench mqar                       # the reduced default grid (a CPU run, one process per core)
     eaglefinch bench mqar --full --device cuda  # the paper grid: 100k examples, 64 epochs
     eaglefinch bench mqar --models finch,eagle --seq-lens 256 --dims 64,128
     eaglefinch bench mqar --report-only         # redraw the table and figure from runs.jsonl
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ PAPER_DIMS = (64, 128, 256, 512)
 PAPER_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # logspace(-4, -2, 4), rounded
 PAPER_TRAIN = TrainConfig(num_train=100_000, num_test=3_000, epochs=64)
 
-# The reduced default for a 2-core CPU (about 30 minutes on an idle one, as two processes): the
+# The reduced default for a 2-core CPU (about 30 minutes on an idle one: --jobs runs the models
+# in one process per core, finch+attention and eagle+rwkv4): the
 # easiest paper cell, T = 64 with 4 pairs, at width 64, where the GPU sweep separates the mixers
 # (RWKV-4 against Eagle and Finch), with the GPU sweep's data, batch and rate (20,000 examples,
 # batch 256, lr 1e-3) for at most 8 epochs (632 steps; Eagle and Finch solved the cell there after
@@ -116,6 +118,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help=f"results folder (default {DEFAULT_OUT}, --full: .../full)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="processes to split the models across, one torch thread each (default on CPU: the "
+        "number of cores; on CUDA: 1, which runs in this process)",
+    )
+    # internal: this process is one of --jobs workers (its progress bar's line; no report)
+    parser.add_argument("--worker-position", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--all-lrs", action="store_true", help="try every learning rate even after one reaches the target"
     )
@@ -200,6 +210,69 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+# Relative cost of one MQAR run per model on CPU (the default run's wall times), to balance --jobs.
+CPU_COST = {"mamba": 8.0, "finch": 2.2, "eagle": 2.0, "rwkv4": 1.0, "attention": 0.4}
+
+
+def split_models(models: list[str], jobs: int) -> list[list[str]]:
+    """Models into at most ``jobs`` groups of similar total cost (longest first, to the lightest
+    group), each group keeping the models' given order."""
+    groups: list[list[str]] = [[] for _ in range(min(jobs, len(models)))]
+    load = [0.0] * len(groups)
+    for model in sorted(models, key=lambda m: -CPU_COST.get(m, 1.0)):
+        i = load.index(min(load))
+        groups[i].append(model)
+        load[i] += CPU_COST.get(model, 1.0)
+    return [[m for m in models if m in g] for g in groups]
+
+
+def _worker_argv(args: argparse.Namespace, models: list[str], position: int, out: Path) -> list[str]:
+    """The command line of one --jobs worker: these options, these models, one thread."""
+    argv = ["bench", "mqar", "--models", ",".join(models), "--threads", "1", "--jobs", "1"]
+    argv += ["--worker-position", str(position), "--out", str(out), "--device", args.device]
+    argv += ["--seed", str(args.seed)]
+    if args.full:
+        argv.append("--full")
+    if args.seq_lens:
+        argv += ["--seq-lens", ",".join(f"{t}:{n}" for t, n in args.seq_lens)]
+    if args.dims:
+        argv += ["--dims", ",".join(map(str, args.dims))]
+    if args.lrs:
+        argv += ["--lrs", ",".join(repr(lr) for lr in args.lrs)]
+    for name in ("num_train", "num_test", "epochs", "batch_size"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.all_lrs:
+        argv.append("--all-lrs")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def _run_jobs(args: argparse.Namespace, groups: list[list[str]], out: Path) -> None:
+    """One worker process per group, all appending to ``out/runs.jsonl``; wait for all."""
+    launcher = "import sys; from eaglefinch.cli import main; sys.exit(main(sys.argv[1:]))"
+    print(
+        f"eaglefinch bench mqar: {len(groups)} processes, one thread each: "
+        + "; ".join(",".join(g) for g in groups),
+        file=sys.stderr,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", launcher, *_worker_argv(args, g, i, out)], env=env)
+        for i, g in enumerate(groups)
+    ]
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:  # the finished runs are in runs.jsonl: a rerun resumes
+        for w in workers:
+            w.terminate()
+        raise
+    failed = [",".join(g) for g, code in zip(groups, codes, strict=True) if code != 0]
+    if failed:
+        raise ConfigError(f"MQAR worker(s) for {'; '.join(failed)} failed; rerun to resume the rest")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, then write the report."""
     models, cells, dims, lrs, configs = plan(args)
@@ -242,6 +315,14 @@ def run(args: argparse.Namespace) -> int:
         write_report()
         print(f"report rewritten in {out}")
         return 0
+    jobs = args.jobs or (1 if args.device != "cpu" else os.cpu_count() or 1)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be positive, got {jobs}")
+    if jobs > 1 and len(models) > 1 and args.worker_position is None:
+        _run_jobs(args, split_models(models, jobs), out)
+        write_report()
+        print(f"results in {out}")
+        return 0
 
     done = {_key(r): r for r in load_runs(runs_path)}
     for t, n in cells:
@@ -271,7 +352,13 @@ def run(args: argparse.Namespace) -> int:
                             for part in make_data(Cell(model, t, n, d), config)
                         )
                     record = train_run(
-                        Cell(model, t, n, d), lr, config, data, progress=not args.no_progress, device=device
+                        Cell(model, t, n, d),
+                        lr,
+                        config,
+                        data,
+                        progress=not args.no_progress,
+                        device=device,
+                        position=args.worker_position or 0,
                     )
                     record["config"] = config.to_dict()
                     record["device"] = args.device
@@ -282,7 +369,9 @@ def run(args: argparse.Namespace) -> int:
                         f"accuracy {record['accuracy']:.3f} "
                         f"in {record['steps']} steps, {record['wall_s']:.0f} s"
                     )
-                    write_report()
-    write_report()
-    print(f"results in {out}")
+                    if args.worker_position is None:  # workers leave the report to their parent
+                        write_report()
+    if args.worker_position is None:
+        write_report()
+        print(f"results in {out}")
     return 0

@@ -78,6 +78,7 @@ def train_run(
     data: tuple[MQARData, MQARData] | None = None,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    position: int = 0,
 ) -> dict:
     """Train from a fixed seed and return the run record (accuracy is the best held-out accuracy seen)."""
     train, test = data if data is not None else make_data(cell, config)
@@ -100,6 +101,7 @@ def train_run(
         disable=not progress,
         leave=False,
         dynamic_ncols=True,
+        position=position,  # one line per process when several run side by side
     )
     model.train()
     for _ in range(config.epochs):
