@@ -459,6 +459,28 @@ def test_recompute_with_one_input_requiring_grad(only: str, monkeypatch):
     assert all(leaf.grad is None for n, leaf in zip(names, leaves, strict=True) if n != only)
 
 
+@pytest.mark.parametrize(
+    "T, kernel",
+    [(100, "chunked"), (600, "chunked"), (20, "recurrent")],
+    ids=["chunked-plain", "chunked-recompute", "recurrent"],
+)
+def test_autocast_does_not_lower_the_kernels_precision(T: int, kernel: str):
+    """Under bf16 autocast (as `eaglefinch train --precision bf16` runs) the kernels still compute
+    in float32: the same output and gradients as without autocast (chunked: in both backward paths)."""
+    x = make_inputs(Case(1, T, 2, 16, "finch", torch.float32))
+    run = chunked(32) if kernel == "chunked" else wkv_recurrent
+    results = []
+    for amp in (False, True):
+        leaves = [x[n].float().requires_grad_() for n in ("r", "k", "v", "log_w", "u", "state")]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):  # the forward only, as torch advises
+            y, state = run(*leaves)
+        ((y * x["dy"].float()).sum() + (state * x["dstate"].float()).sum()).backward()
+        results.append([y.detach(), state.detach(), *(leaf.grad for leaf in leaves)])
+    assert results[1][0].dtype == torch.float32
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_rejects_bad_shapes():
     r = torch.randn(1, 10, 2, 8)
     with pytest.raises(ValueError, match="share a shape"):

@@ -124,6 +124,17 @@ def wkv_chunked(
         S = state.to(cdtype)
     if T == 0:
         return r.new_zeros(B, 0, H, N), S.clone()
+    # Under autocast the products below would run in bf16/fp16; this kernel's arithmetic is float32
+    # (float64) whatever the caller's autocast, as the official CUDA kernels' is.
+    with torch.autocast(r.device.type, enabled=False):
+        return _wkv_chunked(r, k, v, log_w, u, S, chunk_size, recompute)
+
+
+def _wkv_chunked(r, k, v, log_w, u, S, chunk_size: int, recompute: bool):
+    """``wkv_chunked`` past its checks, with ``S`` the initial state in the compute dtype."""
+    B, T, H, N = r.shape
+    dtype = r.dtype
+    cdtype = S.dtype
 
     # (B, T, H, N) -> (B, H, T, N): heads become a batch dimension of the matrix products
     r, k, v = (x.to(cdtype).transpose(1, 2) for x in (r, k, v))
@@ -213,7 +224,7 @@ class _SegmentRecompute(torch.autograd.Function):
         for i in reversed(range(len(starts))):
             a = starts[i]
             b = min(a + segment, T)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(r.device.type, enabled=False):
                 leaves = (
                     r[:, :, a:b].detach().requires_grad_(need[0]),
                     k[:, :, a:b].detach().requires_grad_(need[1]),

@@ -31,7 +31,8 @@ def wkv_step(
     dtype = r.dtype
     r, k, v = r.float(), k.float(), v.float()
     kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, H, N, N)
-    y = (r.unsqueeze(-2) @ (u.float().unsqueeze(-1) * kv + state)).squeeze(-2)  # (B, H, N)
+    with torch.autocast(r.device.type, enabled=False):  # float32 whatever the caller's autocast
+        y = (r.unsqueeze(-2) @ (u.float().unsqueeze(-1) * kv + state)).squeeze(-2)  # (B, H, N)
     state = kv + torch.exp(log_w.float()).unsqueeze(-1) * state
     return y.to(dtype), state
 
