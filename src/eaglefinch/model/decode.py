@@ -21,8 +21,10 @@ Three kinds of weights (``weights=``):
 * ``"int8"`` (opt-in approximation): symmetric int8 rows with a per-row scale, torch's weight-only
   int8 kernel with bf16 activations: a quarter of the bytes of fp32, relative error ~1/254 per weight.
 * ``"w8a8"`` (x86 CPU, opt-in, the fastest and the coarsest): the same int8 rows, multiplied by
-  FBGEMM's dynamic int8 kernel, which also rounds each input vector to 7 bits over its own range
-  (7 rather than 8 so that AVX2's 16-bit pair sums cannot saturate).
+  FBGEMM's dynamic int8 kernel, which also rounds each call's input to 7 bits over its range
+  (7 rather than 8 so that AVX2's 16-bit pair sums cannot saturate). That range spans all the rows
+  of a batch, so in batched decoding a row's logits depend slightly on the rows decoded with it;
+  the other kinds keep rows independent.
 
 The embedding LayerNorm ``ln0`` is applied to the B looked-up rows rather than folded into the
 embedding as the official package does, which would copy a (V, C) matrix to save B * C work.
