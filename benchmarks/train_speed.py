@@ -20,7 +20,8 @@ at the same nice level. Measured:
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 nice python benchmarks/train_speed.py
 
 writes ``benchmarks/results/train_speed.json`` and ``train_speed.png``. ``--quick`` runs a smaller
-grid (for checking the script itself).
+grid (for checking the script itself). ``--only NAME,PREFIX-`` measures those contenders again and
+keeps the others from the existing output (recorded as ``remeasured`` and ``kept_from_commit``).
 """
 
 from __future__ import annotations
