@@ -41,8 +41,9 @@ chunk) multiply-adds, O(N log chunk) elementwise work, O(N^2) for the state. The
 run over chunks (the state scan) and over halving levels.
 
 Backward. Plain autograd through these products keeps every intra-chunk tensor (A, the q and kd of
-each halving level, their masks and exponentials): about 60 floats per token and channel, 15x the
-inputs. By default the forward pass instead runs without a graph, segment by segment, and keeps
+each halving level, their masks and exponentials): several times the inputs (a forward+backward
+peak of 1.67 GiB at T = 16384 with 12 heads of 64, whose inputs are 0.19 GiB; benchmarks/results/
+kernels). By default the forward pass instead runs without a graph, segment by segment, and keeps
 only its inputs and the state entering each segment (N^2 per head per ``recompute_segment``
 tokens); backward walks the segments last to first, rebuilds one segment's graph from its saved
 state, and backpropagates through it alone with the gradient of the state leaving it. The result
@@ -62,13 +63,12 @@ import torch.nn.functional as F
 # chunk sizes that are not powers of two still end in pairwise blocks (48 -> 3, 7 -> 7).
 PAIRWISE_BLOCK = 1
 # Tokens per segment rebuilt in backward (rounded up to whole chunks). Smaller segments keep less
-# live at once but more saved states (N^2 floats per head each) and more Python per token; on CPU
-# (12 heads of 64, fp32) 128 kept the least at T = 8192, and every size from 64 to 512 ran as fast as
-# whole-sequence autograd.
+# live at once but more saved states (N^2 floats per head each) and more Python per token; 128 is
+# the size benchmarks/results/kernels measured.
 RECOMPUTE_SEGMENT = 128
 # Sequences of at most this many whole-chunk tokens backpropagate by plain autograd: their
-# intermediates are small (about 60 MB for 512 tokens of 12 heads of 64), and recomputing costs
-# 1.2-1.4x the kernel's forward+backward time (benchmarks/wkv_kernels.py, benchmarks/results/kernels).
+# intermediates are small (55 MiB with the inputs at 512 tokens of 12 heads of 64), and recomputing
+# costs up to 1.3x the kernel's forward+backward time (both in benchmarks/results/kernels).
 RECOMPUTE_ABOVE = 512
 # log_w below -LOG_W_FLOOR is clamped there: e^{-1e4} is 0 in float64 already.
 LOG_W_FLOOR = 1e4
