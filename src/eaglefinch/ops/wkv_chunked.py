@@ -44,7 +44,7 @@ Backward. Plain autograd through these products keeps every intra-chunk tensor (
 each halving level, their masks and exponentials): several times the inputs (a forward+backward
 peak of 1.67 GiB at T = 16384 with 12 heads of 64, whose inputs are 0.19 GiB; benchmarks/results/
 kernels). By default the forward pass instead runs without a graph, segment by segment, and keeps
-only its inputs and the state entering each segment (N^2 per head per ``recompute_segment``
+only its inputs and the state entering each segment (N^2 per head per ``RECOMPUTE_SEGMENT``
 tokens); backward walks the segments last to first, rebuilds one segment's graph from its saved
 state, and backpropagates through it alone with the gradient of the state leaving it. The result
 is the same arithmetic as plain autograd (so the same gradients), for one more forward pass and a
@@ -68,7 +68,7 @@ PAIRWISE_BLOCK = 1
 RECOMPUTE_SEGMENT = 128
 # Sequences of at most this many whole-chunk tokens backpropagate by plain autograd: their
 # intermediates are small (55 MiB with the inputs at 512 tokens of 12 heads of 64), and recomputing
-# costs up to 1.3x the kernel's forward+backward time (both in benchmarks/results/kernels).
+# costs 0.8-1.8x plain autograd's forward+backward CPU time (both in benchmarks/results/kernels).
 RECOMPUTE_ABOVE = 512
 # log_w below -LOG_W_FLOOR is clamped there: e^{-1e4} is 0 in float64 already.
 LOG_W_FLOOR = 1e4
@@ -220,9 +220,7 @@ class _SegmentRecompute(torch.autograd.Function):
         dr, dk, dv = (like(x) if n else None for x, n in zip((r, k, v), need[:3], strict=True))
         dg = (like(g) if per_token else torch.zeros_like(g)) if need[3] else None
         du = torch.zeros_like(u) if need[4] else None
-        starts = list(range(0, T, segment))
-        for i in reversed(range(len(starts))):
-            a = starts[i]
+        for i, a in reversed(list(enumerate(range(0, T, segment)))):
             b = min(a + segment, T)
             with torch.enable_grad(), torch.autocast(r.device.type, enabled=False):
                 leaves = (
