@@ -30,6 +30,18 @@ def ensure_malloc_env() -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
+def cpu_flags() -> list[str]:
+    """The vector and matrix instruction sets the CPU reports (``lscpu``'s flags, the ones that matter)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -58,6 +70,7 @@ def environment() -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": platform.machine(),
         "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -11,10 +11,12 @@ from eaglefinch.generation.sampling import (
     Penalties,
     SamplingConfig,
     ban,
+    draw,
     filtered_probs,
     make_generators,
     penalty_weight,
     sample,
+    top_p_threshold,
 )
 
 
@@ -122,6 +124,40 @@ def test_seeds_reproduce_and_rows_are_independent():
     c = [sample(logits[2:3], single, gen).item() for _ in range(5)]
     assert [row[2] for row in a] == c
     assert len({tuple(row) for row in a}) > 1
+
+
+def _sorted_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus threshold by a plain full sort, one row at a time."""
+    out = []
+    for row in probs:
+        sorted_row = torch.sort(row, descending=True).values
+        reached = (torch.cumsum(sorted_row, 0) >= top_p).nonzero()
+        out.append(sorted_row[int(reached[0]) if len(reached) else -1])
+    return torch.stack(out)[:, None]
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999])
+def test_top_p_threshold_equals_a_full_sort(top_p):
+    """Peaked rows (nucleus within the first 1024) and flat rows (beyond it) in one batch."""
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.randn(3, 65536, generator=g) * 4
+    flat = torch.randn(2, 65536, generator=g) * 0.1
+    probs = torch.softmax(torch.cat([peaked, flat]), dim=-1)
+    assert torch.equal(top_p_threshold(probs, top_p), _sorted_threshold(probs, top_p))
+
+
+def test_draw_never_picks_a_token_of_zero_probability():
+    probs = torch.zeros(4, 50)
+    probs[:, 7] = 1.0
+    probs[1, 49] = 0.0
+    probs[2, 3] = 1e-30  # tiny but positive: allowed, almost never drawn
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    for _ in range(200):
+        assert set(draw(probs, gens).tolist()) <= {7, 3}
+    # a uniform number that rounds up to the total still lands on the last positive token
+    edge = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    rng = torch.Generator().manual_seed(0)
+    assert all(draw(edge, [rng]).item() in (0, 1) for _ in range(500))
 
 
 def test_penalties_by_hand():

@@ -36,7 +36,14 @@ from eaglefinch.errors import ConfigError, EaglefinchError
 from eaglefinch.generation.context import prefill
 from eaglefinch.generation.generate import END_OF_TEXT
 from eaglefinch.generation.prefix_cache import PrefixCache
-from eaglefinch.generation.sampling import Penalties, SamplingConfig, ban, filtered_probs, penalty_weight
+from eaglefinch.generation.sampling import (
+    Penalties,
+    SamplingConfig,
+    ban,
+    draw,
+    filtered_probs,
+    penalty_weight,
+)
 from eaglefinch.generation.text import TextStream, Tokenizer
 from eaglefinch.model.decode import DecodeModel
 from eaglefinch.model.rwkv import RWKV
@@ -291,10 +298,7 @@ class Engine:
                 picked = scores.argmax(dim=-1).tolist()
             else:
                 probs = filtered_probs(scores, cfg)
-                picked = [
-                    int(torch.multinomial(probs[i], 1, generator=self._rows[j].generator))
-                    for i, j in enumerate(rows)
-                ]
+                picked = draw(probs, [self._rows[j].generator for j in rows]).tolist()
             for j, token in zip(rows, picked, strict=True):
                 tokens[j] = token
         return tokens
