@@ -13,7 +13,9 @@ when that exists.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from eaglefinch.cli.generate import add_model_arguments, load_model, load_tokenizer
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         state_cache_mb=args.state_cache_mb,
         max_prompt_tokens=args.max_prompt_tokens,
         default_chat_tokens=args.default_chat_tokens,
+        own_engine=False,
     )
     print(
         f"eaglefinch serve: {name} ({model.config.version}, L{model.config.n_layer}-D{model.config.n_embd}, "
@@ -100,5 +103,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    # The engine decodes on this thread, the one that loaded the model (see Engine.run); the HTTP
+    # server runs on another. SIGTERM and Ctrl-C stop both cleanly.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    http = threading.Thread(target=server.run, name="eaglefinch-http", daemon=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    http.start()
+    try:
+        app.state.engine.run(should_stop=lambda: stop.is_set() or not http.is_alive())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        http.join(10)
+    return 0 if server.started or stop.is_set() else 1

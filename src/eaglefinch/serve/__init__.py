@@ -19,8 +19,10 @@ def build_app(
     state_cache_mb: float = 512,
     max_prompt_tokens: int = 16384,
     default_chat_tokens: int = 512,
+    own_engine: bool = True,
 ):
-    """A FastAPI app serving ``model``; the engine thread starts with the app."""
+    """A FastAPI app serving ``model``. With ``own_engine`` the engine runs on a thread started with
+    the app; otherwise ``app.state.engine.run()`` must run it (on the thread that loaded the model)."""
     from eaglefinch.generation.prefix_cache import PrefixCache
     from eaglefinch.serve.app import ServerConfig, create_app
 
@@ -29,4 +31,6 @@ def build_app(
     config = ServerConfig(
         model_name, max_prompt_tokens=max_prompt_tokens, default_chat_tokens=default_chat_tokens
     )
-    return create_app(engine, tokenizer, config)
+    app = create_app(engine, tokenizer, config, own_engine=own_engine)
+    app.state.engine = engine
+    return app

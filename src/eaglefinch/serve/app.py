@@ -83,13 +83,17 @@ class Transcripts:
         return self._tokens[best] + (tokenizer.encode(rest) if rest else [])
 
 
-def create_app(engine: Engine, tokenizer, config: ServerConfig) -> FastAPI:
-    """The app; it starts the engine thread on startup and stops it on shutdown."""
+def create_app(engine: Engine, tokenizer, config: ServerConfig, *, own_engine: bool = True) -> FastAPI:
+    """The app; with ``own_engine`` it starts the engine thread on startup and stops it on shutdown
+    (otherwise the caller runs the engine, as ``eaglefinch serve`` does on its main thread)."""
 
     transcripts = Transcripts() if engine.cache is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        if not own_engine:
+            yield
+            return
         engine.start()
         try:
             yield
