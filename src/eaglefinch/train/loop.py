@@ -42,6 +42,7 @@ from eaglefinch.train.sampler import TokenWindows
 from eaglefinch.train.schedule import KINDS, Schedule
 
 PRECISIONS = ("auto", "fp32", "bf16")
+METHODS = ("full", "lora", "state")
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +82,14 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads
     progress: bool = True
     plot: bool = True
+    # fine-tuning (see eaglefinch.finetune): what is trained, and how examples are read
+    method: str = "full"  # full: every weight | lora: peft adapters | state: the initial state only
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()  # () = every time-mix and channel-mix projection
+    tune_shift: bool = False  # state tuning also learns the two token-shift vectors
+    mask_prompt: bool = True  # chat examples: loss on the assistant's replies only
 
     def __post_init__(self) -> None:
         positive = {
@@ -110,6 +119,10 @@ class TrainConfig:
         if self.eval_every and not self.val_tokens:
             raise ConfigError("eval_every needs held-out data: set val_tokens")
         Schedule(self.lr, self.lr_final, self.warmup_steps, self.schedule)  # validates the schedule
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method != "full" and not self.init_from:
+            raise ConfigError(f"--method {self.method} fine-tunes a model: give the checkpoint (--model)")
         if self.strategy not in D.STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}: use one of {', '.join(D.STRATEGIES)}")
 
@@ -162,14 +175,17 @@ class _L2Wrap(torch.autograd.Function):
 class LossModule(nn.Module):
     """The model plus its loss: what DDP / FSDP wrap (they need the loss inside ``forward``)."""
 
-    def __init__(self, model: RWKV, l2wrap: float = 0.0):
+    def __init__(self, model: nn.Module, l2wrap: float = 0.0, initial_state: nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model = model  # an RWKV, or a peft model around one
         self.l2wrap = l2wrap
+        self.initial_state = initial_state  # state tuning: the trainable state every row starts from
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, l2_scale: float = 1.0) -> torch.Tensor:
-        """Mean cross-entropy of ``targets`` [B, T]; ``l2_scale`` divides the L2Wrap term like the loss."""
-        logits, _ = self.model(inputs)  # (B, T, V) float32
+        """Mean cross-entropy of ``targets`` [B, T] (IGNORE = -100 entries skipped); ``l2_scale``
+        divides the L2Wrap term like the loss."""
+        state = None if self.initial_state is None else self.initial_state(inputs.shape[0])
+        logits, _ = self.model(inputs, state)  # (B, T, V) float32
         return self.loss_from_logits(logits, targets, l2_scale)
 
     def loss_from_logits(
@@ -179,7 +195,10 @@ class LossModule(nn.Module):
         if self.l2wrap and torch.is_grad_enabled():
             B, T = targets.shape
             logits = _L2Wrap.apply(logits, self.l2wrap / (B * T) * l2_scale)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        flat = targets.reshape(-1)
+        if not torch.compiler.is_compiling() and bool((flat == -100).all()):
+            return logits.sum() * 0.0  # nothing to learn here (every target masked): zero, not NaN
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
