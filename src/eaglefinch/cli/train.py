@@ -52,6 +52,12 @@ def register(subparsers) -> None:
     model.add_argument("--vocab-size", type=int, default=65536)
     model.add_argument("--init-from", help="start from these weights (.pth or .safetensors)")
 
+    add_run_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, **defaults) -> None:
+    """The options ``train`` and ``finetune`` share: length, optimisation, checkpoints, logging."""
     length = p.add_argument_group("length (give at least one; the schedule spans the whole run)")
     length.add_argument("--steps", type=int, help="optimiser steps")
     length.add_argument("--minutes", type=float, help="a time budget")
@@ -61,14 +67,21 @@ def register(subparsers) -> None:
     )
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--ctx-len", type=int, default=512)
-    opt.add_argument("--batch-size", type=int, default=8, help="sequences per process per micro-step")
+    opt.add_argument("--ctx-len", type=int, default=defaults.get("ctx_len", 512))
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.get("batch_size", 8),
+        help="sequences per process per micro-step",
+    )
     opt.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimiser step")
-    opt.add_argument("--lr", type=float, default=6e-4)
-    opt.add_argument("--lr-final", type=float, default=6e-5)
-    opt.add_argument("--warmup-steps", type=int, default=10)
+    opt.add_argument("--lr", type=float, default=defaults.get("lr", 6e-4))
+    opt.add_argument("--lr-final", type=float, default=defaults.get("lr_final", 6e-5))
+    opt.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 10))
     opt.add_argument("--schedule", choices=["cosine", "exp", "constant"], default="cosine")
-    opt.add_argument("--weight-decay", type=float, default=0.1, help="on matrices only")
+    opt.add_argument(
+        "--weight-decay", type=float, default=defaults.get("weight_decay", 0.1), help="on matrices only"
+    )
     opt.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), metavar=("B1", "B2"))
     opt.add_argument("--eps", type=float, default=1e-8)
     opt.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
@@ -91,7 +104,6 @@ def register(subparsers) -> None:
     run.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints in --out")
     run.add_argument("--no-progress", dest="progress", action="store_false")
     run.add_argument("--no-plot", dest="plot", action="store_false")
-    p.set_defaults(func=run_train)
 
 
 def model_config(args: argparse.Namespace) -> RWKVConfig | None:
@@ -117,7 +129,8 @@ def model_config(args: argparse.Namespace) -> RWKVConfig | None:
     return None
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace, **extra):
+    """A TrainConfig from the parsed options (``extra``: fine-tuning fields)."""
     from eaglefinch.train.loop import TrainConfig
 
     if args.minutes is not None and args.seconds is not None:
@@ -155,6 +168,7 @@ def train_config(args: argparse.Namespace):
         threads=args.threads,
         progress=args.progress,
         plot=args.plot,
+        **extra,
     )
 
 

@@ -88,10 +88,25 @@ class Checkpoint:
 
     dir: Path
     step: int
+    weights_file: str = "model.pth"  # or "trainable.pt": the trained tensors of a LoRA / state run
 
     @property
     def model_path(self) -> Path:
         return self.dir / "model.pth"
+
+    @property
+    def method(self) -> str:
+        return self.meta().get("method", "full")
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        path = self.dir / self.weights_file
+        try:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError) as error:
+            raise CheckpointError(f"{path} is not readable: {error}") from None
+        if not isinstance(tensors, dict):
+            raise CheckpointError(f"{path} is not a dict of trained tensors")
+        return tensors
 
     @property
     def state_path(self) -> Path:
@@ -125,6 +140,7 @@ def save_checkpoint(
     meta: dict,
     *,
     keep: int = 2,
+    weights_file: str = "model.pth",
 ) -> Checkpoint:
     """Write checkpoint ``step`` under ``folder`` atomically and point ``latest.json`` at it.
 
@@ -136,7 +152,10 @@ def save_checkpoint(
     final = folder / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
     try:
-        save_state_dict(model_state, tmp / "model.pth")
+        if weights_file == "model.pth":
+            save_state_dict(model_state, tmp / weights_file)
+        else:
+            torch.save(model_state, tmp / weights_file)
         torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **train_state}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1), encoding="utf-8")
         for file in tmp.iterdir():
@@ -149,10 +168,10 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_json(folder / LATEST, {"step": step, "dir": name})
+    _write_json(folder / LATEST, {"step": step, "dir": name, "weights": weights_file})
     _fsync_dir(folder)
     _prune(folder, keep, current=name)
-    return Checkpoint(final, step)
+    return Checkpoint(final, step, weights_file)
 
 
 def _prune(folder: Path, keep: int, current: str) -> None:
@@ -176,10 +195,10 @@ def latest_checkpoint(folder: str | os.PathLike) -> Checkpoint | None:
         return None
     try:
         data = json.loads(pointer.read_text(encoding="utf-8"))
-        checkpoint = Checkpoint(folder / data["dir"], int(data["step"]))
+        checkpoint = Checkpoint(folder / data["dir"], int(data["step"]), data.get("weights", "model.pth"))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise CheckpointError(f"{pointer} is unreadable; delete it to start over") from None
-    for needed in ("model.pth", "state.pt", "meta.json"):
+    for needed in (checkpoint.weights_file, "state.pt", "meta.json"):
         if not (checkpoint.dir / needed).is_file():
             raise CheckpointError(f"{pointer} names {checkpoint.dir}, which lacks {needed}")
     return checkpoint

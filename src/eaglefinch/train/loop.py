@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from eaglefinch.checkpoint import check_state_dict, read_state_dict, save_state_dict
 from eaglefinch.config import RWKVConfig, infer_config
 from eaglefinch.errors import CheckpointError, ConfigError
+from eaglefinch.finetune import methods
+from eaglefinch.finetune.data import ExampleBatches, is_example_file, read_examples
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.train import distributed as D
 from eaglefinch.train.binidx import BinidxReader
@@ -218,6 +220,31 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def open_data(config: TrainConfig):
+    """Training samples: windows of a binidx corpus, or the examples of a .txt / .jsonl file."""
+    if is_example_file(config.data):
+        from eaglefinch.tokenizer import WorldTokenizer
+
+        examples = read_examples(
+            config.data, WorldTokenizer(), config.ctx_len, mask_prompt=config.mask_prompt
+        )
+        batches = ExampleBatches(examples, config.ctx_len, seed=config.seed, val_tokens=config.val_tokens)
+        log.info("%s: %s", config.data, batches.describe())
+        return batches
+    corpus = BinidxReader(config.data)
+    return TokenWindows(corpus.tokens, config.ctx_len, seed=config.seed, val_tokens=config.val_tokens)
+
+
+def check_vocabulary(windows, model_config: RWKVConfig, data: str) -> None:
+    if isinstance(windows, ExampleBatches):
+        top = max(int(e.tokens.max()) for e in windows.examples)
+        if top >= model_config.vocab_size:
+            raise ConfigError(
+                f"{data} is tokenised with the World vocabulary (ids up to {top}), but the model has "
+                f"{model_config.vocab_size} tokens: fine-tune a World-vocabulary model"
+            )
+
+
 def describe(config: RWKVConfig) -> str:
     return f"{config.arch} L{config.n_layer}-D{config.n_embd} (V{config.vocab_size})"
 
@@ -312,17 +339,27 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     device = info.device
     amp = resolve_precision(config.precision, device)
 
-    corpus = BinidxReader(config.data)
-    windows = TokenWindows(corpus.tokens, config.ctx_len, seed=config.seed, val_tokens=config.val_tokens)
+    windows = open_data(config)
+    full = config.method == "full"
 
     resume = latest_checkpoint(ckpt_dir) if config.resume else None
     train_state = resume.train_state() if resume else None
-    resume_weights = resume.model_state_dict() if resume else None
-    resume_config = infer_config(resume_weights) if resume else None
+    if resume is not None and resume.method != config.method:
+        raise CheckpointError(
+            f"{resume.dir} is a checkpoint of a --method {resume.method} run, not {config.method}; "
+            "resume it with the same method, or use another --out"
+        )
+    resume_weights = resume.model_state_dict() if resume and full else None
+    resume_config = infer_config(resume_weights) if resume_weights else None
     model = build_model(config, model_config, resume_weights, resume_config)
     del resume_weights
     model_config = model.config
+    check_vocabulary(windows, model_config, config.data)
     model.to(device)
+    adapted = methods.adapt(model, config.method, config)
+    identity = None if full else methods.base_identity(model)
+    if resume is not None and not full:
+        methods.check_base(resume.meta().get("base"), model, str(out), config.init_from)
     layout = config.strategy if info.distributed else "ddp"  # how the optimizer state is keyed
     if train_state is not None and train_state.get("strategy", "ddp") != layout:
         raise CheckpointError(
@@ -331,7 +368,11 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             else f"{resume.dir} was written without FSDP; resume it with --strategy ddp"
         )
 
-    module = D.wrap(LossModule(model, config.l2wrap), info, config.strategy, blocks=model.blocks)
+    loss_module = LossModule(adapted.model, config.l2wrap, adapted.initial_state).to(device)
+    if resume is not None and not full:
+        methods.load_trainable(loss_module, resume.trainable_state(), resume.dir)
+    trainable = set(methods.trainable_names(loss_module))
+    module = D.wrap(loss_module, info, config.strategy, blocks=model.blocks)
     module.train()
     optimizer = make_optimizer(
         module, config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps
@@ -350,19 +391,26 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             log.info(
                 "resuming from %s (step %d, %s tokens)", resume.dir, step, f"{samples * config.ctx_len:,}"
             )
-            if config.init_from:
+            if config.init_from and full:
                 log.info("--init-from is ignored: the run continues from its own checkpoint")
         log.info(
-            "%s, %s parameters; %s tokens per step (%d processes)",
+            "%s, %s parameters (%s trained, method %s); %s tokens per step (%d processes)",
             describe(model_config),
             f"{model.num_parameters():,}",
+            f"{sum(p.numel() for p in loss_module.parameters() if p.requires_grad):,}",
+            config.method,
             f"{config.batch_size * info.world_size * config.grad_accum * config.ctx_len:,}",
             info.world_size,
         )
     if info.is_main:
         (out / "run.json").write_text(
             json.dumps(
-                {"train": config.to_dict(), "model": model_config.to_dict(), "processes": info.world_size},
+                {
+                    "train": config.to_dict(),
+                    "model": model_config.to_dict(),
+                    "processes": info.world_size,
+                    "base": identity,
+                },
                 indent=1,
             ),
             encoding="utf-8",
@@ -424,7 +472,14 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     def save() -> tuple[Path | None, dict | None]:
         """Checkpoint (rank 0 writes); returns the checkpoint folder and the full model state on rank 0."""
         model_state, optim_state = D.full_state_dicts(module, optimizer, config.strategy, info)
-        model_state = _model_keys(model_state)
+        if full:
+            model_state = _model_keys(model_state)
+        else:  # only the trainable tensors: the base is the --model checkpoint
+            model_state = {
+                methods.strip_wrapper(k): v
+                for k, v in model_state.items()
+                if methods.strip_wrapper(k) in trainable
+            }
         path = None
         if info.is_main:
             state = {
@@ -444,8 +499,13 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
                 "loss": last_loss,
                 "model": model_config.to_dict(),
                 "train": config.to_dict(),
+                "method": config.method,
+                "base": identity,
             }
-            path = save_checkpoint(ckpt_dir, step, model_state, state, meta, keep=config.keep).dir
+            weights_file = "model.pth" if full else methods.TRAINABLE_FILE
+            path = save_checkpoint(
+                ckpt_dir, step, model_state, state, meta, keep=config.keep, weights_file=weights_file
+            ).dir
         D.barrier(info)
         return path, model_state if info.is_main else None
 
@@ -528,7 +588,8 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     if step > start_step or resume is None:
         checkpoint_path, final_state = save()
     elif info.is_main:  # nothing trained in this session: the latest checkpoint is the result
-        checkpoint_path, final_state = resume.dir, _model_keys(resume.model_state_dict())
+        checkpoint_path = resume.dir
+        final_state = _model_keys(resume.model_state_dict()) if full else resume.trainable_state()
     val_end = None
     if config.val_tokens:
         val_end = evaluate(module, windows, config.batch_size, config.eval_batches, device, amp)
@@ -538,8 +599,11 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             )
     model_path = plot_path = None
     if info.is_main:
-        model_path = out / "model.pth"
-        save_state_dict(final_state, model_path)
+        if full:
+            model_path = out / "model.pth"
+            save_state_dict(final_state, model_path)
+        else:  # the adapter folder or the state file
+            model_path = methods.write_result(out, config.method, adapted, final_state)
         metrics.close()
         if config.plot:
             plot_path = plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"{describe(model_config)}")

@@ -21,6 +21,8 @@ LR_SCALE_KEY = "lr_scale"  # per group: its learning rate is lr_scale * the sche
 def group_of(name: str, param: torch.Tensor) -> str:
     """'decay_2x', 'no_decay' or 'decay' for a parameter name as it appears in the model."""
     leaf = name.rsplit(".", 1)[-1]
+    if name.removeprefix("module.").startswith("initial_state."):
+        return "no_decay"  # a tuned state is not a weight matrix
     if leaf == "time_decay":
         return "decay_2x"  # (named for the decay of the state, not weight decay: it gets none)
     if leaf.startswith("time_") or leaf.endswith(("_w1", "_w2")):
