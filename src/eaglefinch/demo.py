@@ -57,6 +57,27 @@ def demo_mixture_path() -> Path:
     return package_data_dir() / "demo_mixture.json"
 
 
+# Where `eaglefinch demo` leaves its model (with the default --out), which `serve` and `finetune`
+# use when no --model is given, and the small chat file `finetune` uses when no --data is given.
+DEMO_MODEL = Path(DemoOptions.out) / "run" / "model.pth"
+
+
+def demo_chat_path() -> Path:
+    return package_data_dir() / "demo_chat.jsonl"
+
+
+def resolve_model(path: str | None) -> Path:
+    """``--model``, or the demo's model when none is given (a one-line error if neither exists)."""
+    if path is not None:
+        return Path(path)
+    if DEMO_MODEL.is_file():
+        return DEMO_MODEL
+    raise ConfigError(
+        f"no --model given and no demo model at {DEMO_MODEL}: pass --model FILE (an official .pth or "
+        ".safetensors), or run `eaglefinch demo` first"
+    )
+
+
 def build_demo_corpus(out: Path, workers: int, progress: bool, log=print) -> tuple[Path, dict]:
     """Build (or reuse) the demo corpus under ``out/data``; returns its prefix and summary."""
     from eaglefinch.train.binidx import BinidxReader

@@ -19,9 +19,8 @@ import threading
 from pathlib import Path
 
 from eaglefinch.cli.generate import add_model_arguments, load_model, load_tokenizer
+from eaglefinch.demo import DEMO_MODEL, resolve_model
 from eaglefinch.errors import ConfigError
-
-DEMO_MODEL = Path("eaglefinch-demo") / "run" / "model.pth"
 
 
 def register(subparsers) -> None:
@@ -50,17 +49,6 @@ def register(subparsers) -> None:
     )
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
     p.set_defaults(func=run)
-
-
-def resolve_model(path: str | None) -> Path:
-    if path is not None:
-        return Path(path)
-    if DEMO_MODEL.is_file():
-        return DEMO_MODEL
-    raise ConfigError(
-        f"no --model given and no demo model at {DEMO_MODEL}: pass --model FILE (an official .pth or "
-        ".safetensors), or run `eaglefinch demo` first"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -186,7 +186,13 @@ def report(result) -> str:
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.model_path is not None:
-        lines.append(f"model (official .pth): {result.model_path}")
+        path = result.model_path
+        if path.suffix == ".pth":
+            lines.append(f"model (official .pth): {path}")
+        elif path.suffix == ".safetensors":
+            lines.append(f"tuned state (apply with generate --load-state): {path}")
+        else:
+            lines.append(f"LoRA adapter (peft; fold in with `eaglefinch finetune merge`): {path}")
     if result.plot_path is not None:
         lines.append(f"loss curve: {result.plot_path}")
     lines.append(f"metrics: {result.metrics_path}")

@@ -203,6 +203,10 @@ class ExampleBatches:
         """Samples ``first .. first + count - 1`` as (inputs, targets)."""
         return self.collate([self._example(first + i) for i in range(count)])
 
+    def trained_targets(self, first: int, count: int) -> int:
+        """How many targets of samples ``first .. first + count - 1`` count in the loss."""
+        return sum(int(self._example(first + i).trained.sum()) for i in range(count))
+
     def epoch_of(self, index: int) -> float:
         return index / self.n_windows
 

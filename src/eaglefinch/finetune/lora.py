@@ -95,6 +95,7 @@ def save_adapter(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], co
         save_file(adapter_tensors(tensors), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
         data = config.to_dict()
         data["target_modules"] = sorted(data["target_modules"])
+        data["inference_mode"] = True  # as peft's save_pretrained writes it
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)

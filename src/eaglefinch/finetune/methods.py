@@ -36,6 +36,7 @@ class Adapted:
     model: nn.Module  # what runs the tokens: the base, or a peft model around it
     initial_state: InitialState | None
     lora_config: object | None  # a peft.LoraConfig for lora
+    fingerprint: dict | None = None  # state: the base's weight fingerprint, taken before any sharding
 
 
 def adapt(base: RWKV, method: str, config) -> Adapted:
@@ -51,7 +52,8 @@ def adapt(base: RWKV, method: str, config) -> Adapted:
         lora_config = lora_lib.lora_config(config.lora_rank, config.lora_alpha, config.lora_dropout, targets)
         return Adapted(base, lora_lib.add_lora(base, lora_config), None, lora_config)
     if method == "state":
-        return Adapted(base, base, InitialState(base, tune_shift=config.tune_shift), None)
+        initial = InitialState(base, tune_shift=config.tune_shift)
+        return Adapted(base, base, initial, None, weight_fingerprint(base))
     raise ConfigError(f"unknown method {method!r}: use full, lora or state")
 
 
@@ -100,12 +102,11 @@ def write_result(out: Path, method: str, adapted: Adapted, tensors: dict[str, to
         model_tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
         return lora_lib.save_adapter(out / ADAPTER_DIR, model_tensors, adapted.lora_config)
     if method == "state":
-        start = adapted.base.zero_state(1)
         values = {}
-        for name in NAMES:
+        for name in NAMES:  # the untuned shifts are the InitialState's buffers (never sharded)
             key = f"initial_state.{name}"
-            values[name] = tensors[key] if key in tensors else getattr(start, name)[:, 0]
+            values[name] = tensors[key] if key in tensors else getattr(adapted.initial_state, name).cpu()
         path = out / STATE_FILE
-        save_tuned_state(path, adapted.base, values)
+        save_tuned_state(path, adapted.base, values, adapted.fingerprint)
         return path
     raise ValueError(method)

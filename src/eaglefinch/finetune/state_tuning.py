@@ -54,7 +54,9 @@ class InitialState(nn.Module):
         return RWKVState(**{name: tensors[name].detach().float().unsqueeze(1).contiguous() for name in NAMES})
 
 
-def save_tuned_state(path: str | os.PathLike, model: RWKV, tensors: dict[str, torch.Tensor]) -> None:
+def save_tuned_state(
+    path: str | os.PathLike, model: RWKV, tensors: dict[str, torch.Tensor], fingerprint: dict | None = None
+) -> None:
     """Write the tuned state as a state file for ``model`` (no tokens seen yet, so no logits)."""
     state = InitialState.from_tensors(tensors).to(dtype=model.dtype)
-    save_state(path, model, Context(state, None, [[]]))
+    save_state(path, model, Context(state, None, [[]]), fingerprint=fingerprint)

@@ -109,8 +109,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_state(path: str | os.PathLike, model: RWKV, context: Context) -> None:
-    """Write ``context`` (state, logits, tokens seen) with ``model``'s identity, atomically (safetensors)."""
+def save_state(
+    path: str | os.PathLike, model: RWKV, context: Context, fingerprint: dict | None = None
+) -> None:
+    """Write ``context`` (state, logits, tokens seen) with ``model``'s identity, atomically (safetensors).
+
+    ``fingerprint``: ``weight_fingerprint(model)`` taken earlier, for a model whose weights are now
+    sharded across processes.
+    """
     from safetensors.torch import save
 
     state = context.state
@@ -126,7 +132,7 @@ def save_state(path: str | os.PathLike, model: RWKV, context: Context) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(model.config.to_dict()),
-        "fingerprint": json.dumps(weight_fingerprint(model)),
+        "fingerprint": json.dumps(fingerprint or weight_fingerprint(model)),
     }
     _atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
 

@@ -158,8 +158,10 @@ class _L2Wrap(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, factor: float) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, factor: float, mask: torch.Tensor | None = None) -> torch.Tensor:
         top, ids = logits.detach().max(dim=-1, keepdim=True)
+        if mask is not None:  # only these positions (B, T) are pulled
+            top = top * mask.unsqueeze(-1).to(top.dtype)
         ctx.save_for_backward(top, ids)
         ctx.factor = factor
         return logits.view_as(logits)
@@ -171,7 +173,7 @@ class _L2Wrap(torch.autograd.Function):
         # and has no other reader, so it is updated in place; a non-contiguous one is copied.
         grad = grad if grad.is_contiguous() else grad.contiguous()
         grad.scatter_add_(-1, ids, (top * ctx.factor).to(grad.dtype))
-        return grad, None
+        return grad, None, None
 
 
 class LossModule(nn.Module):
@@ -183,24 +185,45 @@ class LossModule(nn.Module):
         self.l2wrap = l2wrap
         self.initial_state = initial_state  # state tuning: the trainable state every row starts from
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, l2_scale: float = 1.0) -> torch.Tensor:
-        """Mean cross-entropy of ``targets`` [B, T] (IGNORE = -100 entries skipped); ``l2_scale``
-        divides the L2Wrap term like the loss."""
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        l2_scale: float = 1.0,
+        denominator: float | None = None,
+    ) -> torch.Tensor:
+        """Cross-entropy of ``targets`` [B, T] (IGNORE = -100 entries skipped): their mean, or their
+        sum over ``denominator``; ``l2_scale`` divides the L2Wrap term like the loss."""
         state = None if self.initial_state is None else self.initial_state(inputs.shape[0])
         logits, _ = self.model(inputs, state)  # (B, T, V) float32
-        return self.loss_from_logits(logits, targets, l2_scale)
+        return self.loss_from_logits(logits, targets, l2_scale, denominator)
 
     def loss_from_logits(
-        self, logits: torch.Tensor, targets: torch.Tensor, l2_scale: float = 1.0
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        l2_scale: float = 1.0,
+        denominator: float | None = None,
     ) -> torch.Tensor:
-        """Cross-entropy of logits (B, T, V) against targets (B, T), with L2Wrap while training."""
+        """Cross-entropy of logits (B, T, V) against targets (B, T), with L2Wrap while training.
+
+        Masked batches hold different numbers of trained targets, so a mean per micro-batch would
+        weigh tokens unequally across micro-batches and processes; the loop passes instead the
+        step's trained-target count per micro-batch as ``denominator``, making every token count
+        the same wherever it falls (and one process match many).
+        """
         if self.l2wrap and torch.is_grad_enabled():
-            B, T = targets.shape
-            logits = _L2Wrap.apply(logits, self.l2wrap / (B * T) * l2_scale)
-        flat = targets.reshape(-1)
+            if denominator is None:
+                B, T = targets.shape
+                logits = _L2Wrap.apply(logits, self.l2wrap / (B * T) * l2_scale)
+            else:  # on the trained positions only, so that padding changes nothing
+                logits = _L2Wrap.apply(logits, self.l2wrap / denominator * l2_scale, targets != -100)
+        flat, logits = targets.reshape(-1), logits.reshape(-1, logits.shape[-1])
+        if denominator is not None:
+            return F.cross_entropy(logits, flat, reduction="sum") / denominator
         if not torch.compiler.is_compiling() and bool((flat == -100).all()):
             return logits.sum() * 0.0  # nothing to learn here (every target masked): zero, not NaN
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat)
+        return F.cross_entropy(logits, flat)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -313,10 +336,11 @@ def evaluate(
     for inputs, targets in windows.val_batches(batch_size, max_batches):
         with _autocast(device, amp):
             loss = module(inputs.to(device), targets.to(device))
-        total += loss.item() * targets.numel()
-        count += targets.numel()
+        trained = int((targets != -100).sum())  # padding and prompts of chat examples carry no loss
+        total += loss.item() * trained
+        count += trained
     module.train(was_training)
-    return total / count
+    return total / max(count, 1)
 
 
 def train(config: TrainConfig, model_config: RWKVConfig | None = None) -> TrainResult:
@@ -356,6 +380,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     model_config = model.config
     check_vocabulary(windows, model_config, config.data)
     model.to(device)
+    torch.manual_seed(config.seed)  # peft draws the LoRA A matrices from the global generator
     adapted = methods.adapt(model, config.method, config)
     identity = None if full else methods.base_identity(model)
     if resume is not None and not full:
@@ -514,6 +539,10 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
         set_lr(optimizer, lr)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        denominator = None
+        if isinstance(windows, ExampleBatches):  # see LossModule.loss_from_logits
+            trained = windows.trained_targets(samples, global_batch)
+            denominator = max(trained, 1) / (info.world_size * config.grad_accum)
         for micro in range(config.grad_accum):
             first = samples + (micro * info.world_size + info.rank) * config.batch_size
             inputs, targets = windows.batch(first, config.batch_size)
@@ -521,7 +550,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             sync = micro == config.grad_accum - 1 or config.strategy != "ddp" or not info.distributed
             with contextlib.nullcontext() if sync else module.no_sync():
                 with _autocast(device, amp):
-                    loss = module(inputs, targets, 1.0 / config.grad_accum)
+                    loss = module(inputs, targets, 1.0 / config.grad_accum, denominator)
                 (loss / config.grad_accum).backward()
             loss_sum += loss.detach()
         if config.grad_clip > 0:
