@@ -85,3 +85,26 @@ def test_bad_files_are_one_line_errors(finch, tmp_path):
     eaglefinch.save(finch, checkpoint)
     with pytest.raises(StateError, match="not an eaglefinch state file"):
         load_state(checkpoint, finch)
+
+
+def test_fingerprint_positions_are_exact_for_large_tensors():
+    from eaglefinch.generation.states import SAMPLES_PER_TENSOR, sample_index
+
+    for numel in (1, 2, 1000, 2**24 + 1, 65536 * 768, 65536 * 4096):
+        index = sample_index(numel)
+        assert len(index) == SAMPLES_PER_TENSOR and index[0] == 0 and index[-1] == numel - 1
+        assert bool((index[1:] >= index[:-1]).all()) and int(index.max()) < numel
+
+
+def test_a_state_of_an_older_format_asks_to_be_saved_again(finch, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "state.safetensors"
+    save_state(path, finch, prefill(finch, [1, 2, 3]))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = {**f.metadata(), "format_version": "1"}
+    save_file(load_file(path), path, metadata=metadata)
+    with pytest.raises(StateError, match="state format '1'.*save the state again"):
+        load_state(path, finch)

@@ -93,7 +93,16 @@ def register(subparsers) -> None:
         "--tune-shift", action="store_true", help="state tuning: also learn the token-shift vectors"
     )
 
-    add_run_arguments(p, lr=None, lr_final=None, weight_decay=0.0, ctx_len=1024, batch_size=4)
+    add_run_arguments(
+        p,
+        lr=None,
+        lr_final=None,
+        weight_decay=0.0,
+        ctx_len=1024,
+        batch_size=4,
+        grad_cp=True,  # with the weights frozen, kept activations are most of the memory
+        head_chunk=256,
+    )
     p.set_defaults(func=run_finetune, action=None)
 
 

@@ -97,6 +97,29 @@ def add_run_arguments(p: argparse.ArgumentParser, **defaults) -> None:
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--threads", type=int, help="torch CPU threads per process")
 
+    memory = p.add_argument_group("memory")
+    if defaults.get("grad_cp"):
+        memory.add_argument(
+            "--no-grad-cp",
+            dest="grad_cp",
+            action="store_false",
+            help="keep every block's activations for the backward (faster, more memory)",
+        )
+    else:
+        memory.add_argument(
+            "--grad-cp",
+            action="store_true",
+            help="recompute each block's activations in the backward (less memory, one more forward)",
+        )
+    memory.add_argument(
+        "--head-chunk",
+        type=int,
+        default=defaults.get("head_chunk", 0),
+        metavar="N",
+        help="run the output head and loss N tokens at a time, recomputed in the backward, so the "
+        f"full logits never exist (0: all at once; default {defaults.get('head_chunk', 0)})",
+    )
+
     run = p.add_argument_group("checkpoints and logging")
     run.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     run.add_argument("--keep", type=int, default=2, help="checkpoints to keep (0: all)")
@@ -168,6 +191,8 @@ def train_config(args: argparse.Namespace, **extra):
         threads=args.threads,
         progress=args.progress,
         plot=args.plot,
+        grad_cp=args.grad_cp,
+        head_chunk=args.head_chunk,
         **extra,
     )
 

@@ -25,7 +25,7 @@ from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
 
 FORMAT = "eaglefinch-state"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: fingerprint positions computed exactly (1 rounded them in float32)
 SAMPLES_PER_TENSOR = 16
 SAMPLE_RTOL, SAMPLE_ATOL = 1e-2, 1e-4  # bf16 keeps 8 significant bits (relative error <= 2^-8)
 
@@ -47,6 +47,13 @@ def _sampled_tensors(model: RWKV) -> list[torch.Tensor]:
     ]
 
 
+def sample_index(numel: int) -> torch.Tensor:
+    """``SAMPLES_PER_TENSOR`` evenly spaced positions from 0 to ``numel - 1``, in exact integers (a
+    float32 linspace rounds the last one past the end above 2**24 elements, and differs by device)."""
+    steps = torch.arange(SAMPLES_PER_TENSOR, dtype=torch.int64)
+    return steps * (numel - 1) // (SAMPLES_PER_TENSOR - 1)
+
+
 def weight_fingerprint(model: RWKV) -> dict:
     """``{"dtype", "sha256", "samples"}``: a few hundred weight values identify a checkpoint."""
     digest = hashlib.sha256()
@@ -54,7 +61,7 @@ def weight_fingerprint(model: RWKV) -> dict:
     with torch.no_grad():
         for tensor in _sampled_tensors(model):
             flat = tensor.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR, device=flat.device).long()
+            index = sample_index(flat.numel()).to(flat.device)
             picked = flat[index].cpu()
             digest.update(picked.contiguous().view(torch.uint8).numpy().tobytes())
             samples.extend(picked.double().tolist())
@@ -159,7 +166,7 @@ def load_state(path: str | os.PathLike, model: RWKV) -> Context:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise StateError(
             f"{path} has state format {metadata.get('format_version')!r}; this version reads "
-            f"{FORMAT_VERSION!r}"
+            f"{FORMAT_VERSION!r}: save the state again with this version"
         )
     check_identity(metadata, model, path)
     try:

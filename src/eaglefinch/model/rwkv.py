@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from eaglefinch.config import RWKVConfig
 from eaglefinch.errors import ConfigError
@@ -53,6 +54,9 @@ class RWKV(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Recompute each block's activations in the backward instead of keeping them (training
+        # memory: the blocks' inputs only, for one more forward); see set_grad_checkpointing.
+        self.grad_checkpointing = False
         if init and self.emb.weight.device.type != "meta":
             from eaglefinch.model.init import init_weights
 
@@ -84,6 +88,11 @@ class RWKV(nn.Module):
         for block in self.blocks:
             block.att.wkv_mode = mode
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Keep only each block's inputs for the backward and recompute the rest there
+        (``torch.utils.checkpoint``, non-reentrant), as RWKV-LM's ``grad_cp`` does."""
+        self.grad_checkpointing = bool(enabled)
+
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -112,8 +121,13 @@ class RWKV(nn.Module):
             state.check(self.config, B)
         x = self.emb(tokens.long())
         att_shifts, wkvs, ffn_shifts = [], [], []
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, a, w, f = block(x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
+            args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
+            if recompute:
+                x, a, w, f = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x, a, w, f = block(*args)
             att_shifts.append(a)
             wkvs.append(w)
             ffn_shifts.append(f)

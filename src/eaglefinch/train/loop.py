@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from eaglefinch.checkpoint import check_state_dict, read_state_dict, save_state_dict
@@ -92,6 +93,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ()  # () = every time-mix and channel-mix projection
     tune_shift: bool = False  # state tuning also learns the two token-shift vectors
     mask_prompt: bool = True  # chat examples: loss on the assistant's replies only
+    # memory (see RWKV.set_grad_checkpointing and LossModule.head_chunk)
+    grad_cp: bool = False  # recompute each block's activations in the backward
+    head_chunk: int = 0  # tokens per piece of the head and loss (0: all at once)
 
     def __post_init__(self) -> None:
         positive = {
@@ -121,6 +125,8 @@ class TrainConfig:
         if self.eval_every and not self.val_tokens:
             raise ConfigError("eval_every needs held-out data: set val_tokens")
         Schedule(self.lr, self.lr_final, self.warmup_steps, self.schedule)  # validates the schedule
+        if not isinstance(self.head_chunk, int) or self.head_chunk < 0:
+            raise ConfigError(f"head_chunk must be an integer >= 0, got {self.head_chunk!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.method != "full" and not self.init_from:
@@ -179,11 +185,20 @@ class _L2Wrap(torch.autograd.Function):
 class LossModule(nn.Module):
     """The model plus its loss: what DDP / FSDP wrap (they need the loss inside ``forward``)."""
 
-    def __init__(self, model: nn.Module, l2wrap: float = 0.0, initial_state: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        l2wrap: float = 0.0,
+        initial_state: nn.Module | None = None,
+        head_chunk: int = 0,
+    ):
         super().__init__()
         self.model = model  # an RWKV, or a peft model around one
         self.l2wrap = l2wrap
         self.initial_state = initial_state  # state tuning: the trainable state every row starts from
+        # > 0: the head and the loss run this many tokens at a time, recomputed in the backward, so
+        # the (B, T, vocabulary) logits and their gradient never exist whole
+        self.head_chunk = head_chunk
 
     def forward(
         self,
@@ -195,8 +210,36 @@ class LossModule(nn.Module):
         """Cross-entropy of ``targets`` [B, T] (IGNORE = -100 entries skipped): their mean, or their
         sum over ``denominator``; ``l2_scale`` divides the L2Wrap term like the loss."""
         state = None if self.initial_state is None else self.initial_state(inputs.shape[0])
+        if self.head_chunk and torch.is_grad_enabled():
+            return self._chunked_loss(inputs, targets, state, l2_scale, denominator)
         logits, _ = self.model(inputs, state)  # (B, T, V) float32
         return self.loss_from_logits(logits, targets, l2_scale, denominator)
+
+    def _chunked_loss(self, inputs, targets, state, l2_scale: float, denominator: float | None):
+        """``loss_from_logits`` of the model's logits, computed ``head_chunk`` tokens at a time."""
+        hidden, _ = self.model.forward_hidden(inputs, state)  # peft passes the attribute through
+        head = self.model.head
+        B, T = targets.shape
+        if denominator is None:  # the mean over the trained targets, as F.cross_entropy takes it
+            mean_of = int((targets != -100).sum())
+            if mean_of == 0:
+                return hidden.sum() * 0.0
+            factor = self.l2wrap / (B * T) * l2_scale
+        else:
+            mean_of, factor = denominator, self.l2wrap / denominator * l2_scale
+
+        def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            logits = head(h).float()
+            if factor:
+                logits = _L2Wrap.apply(logits, factor, None if denominator is None else t != -100)
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), reduction="sum")
+
+        step = max(1, self.head_chunk // B)
+        total = sum(
+            checkpoint(piece, hidden[:, i : i + step], targets[:, i : i + step], use_reentrant=False)
+            for i in range(0, T, step)
+        )
+        return total / mean_of
 
     def loss_from_logits(
         self,
@@ -380,6 +423,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     model_config = model.config
     check_vocabulary(windows, model_config, config.data)
     model.to(device)
+    model.set_grad_checkpointing(config.grad_cp)
     torch.manual_seed(config.seed)  # peft draws the LoRA A matrices from the global generator
     adapted = methods.adapt(model, config.method, config)
     identity = None if full else methods.base_identity(model)
@@ -393,7 +437,8 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             else f"{resume.dir} was written without FSDP; resume it with --strategy ddp"
         )
 
-    loss_module = LossModule(adapted.model, config.l2wrap, adapted.initial_state).to(device)
+    loss_module = LossModule(adapted.model, config.l2wrap, adapted.initial_state, config.head_chunk)
+    loss_module.to(device)
     if resume is not None and not full:
         methods.load_trainable(loss_module, resume.trainable_state(), resume.dir)
     trainable = set(methods.trainable_names(loss_module))
