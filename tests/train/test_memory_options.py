@@ -22,7 +22,9 @@ def gradients(module: LossModule, inputs, targets, **kwargs) -> tuple[float, dic
 
 
 @pytest.mark.parametrize("denominator", [None, 7.5])
-@pytest.mark.parametrize("options", [{"grad_cp": True}, {"head_chunk": 5}, {"grad_cp": True, "head_chunk": 8}])
+@pytest.mark.parametrize(
+    "options", [{"grad_cp": True}, {"head_chunk": 5}, {"grad_cp": True, "head_chunk": 8}]
+)
 def test_recomputing_changes_nothing_but_memory(options, denominator):
     model = model_from_state_dict(random_state_dict(CONFIG, seed=2), dtype=torch.float32).train()
     initial = InitialState(model, tune_shift=True)  # gradients reach the initial state too
