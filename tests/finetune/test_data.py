@@ -149,3 +149,12 @@ def test_the_shipped_demo_chat_file_is_valid_chat_data(tokenizer):
     examples = read_examples(demo_chat_path(), tokenizer, ctx_len=256)
     assert len(examples) >= 20 and all(e.trained.any() and not e.trained.all() for e in examples)
     assert demo_chat_path().stat().st_size < 20_000
+
+
+def test_token_counts_are_the_examples_real_lengths(tmp_path, tokenizer, write_jsonl):
+    records = [{"text": "word " * (3 * i + 1)} for i in range(4)]
+    examples = read_examples(write_jsonl(tmp_path / "t.jsonl", records), tokenizer, ctx_len=64)
+    batches = ExampleBatches(examples, 64, seed=1)
+    lengths = sum(e.n_targets for e in examples)
+    assert batches.tokens_before(4) == lengths and batches.tokens_before(8) == 2 * lengths
+    assert batches.tokens_before(2) == sum(int((batches.batch(i, 1)[0] != 0).sum()) for i in range(2))

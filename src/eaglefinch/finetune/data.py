@@ -179,6 +179,7 @@ class ExampleBatches:
         self.train_index = np.setdiff1d(np.arange(len(examples)), self.val_index)
         self.n_windows = len(self.train_index)
         self._epoch, self._order = -1, np.zeros(0, dtype=np.int64)
+        self._counted = (0, 0)  # (samples, their input tokens) of the last tokens_before
 
     def _example(self, index: int) -> Example:
         epoch, j = divmod(index, self.n_windows)
@@ -202,6 +203,16 @@ class ExampleBatches:
     def batch(self, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``first .. first + count - 1`` as (inputs, targets)."""
         return self.collate([self._example(first + i) for i in range(count)])
+
+    def tokens_before(self, index: int) -> int:
+        """Input tokens (padding excluded) in samples ``0 .. index - 1``; counted on from the last call."""
+        counted, total = self._counted
+        if index < counted:
+            counted, total = 0, 0
+        for i in range(counted, index):
+            total += self._example(i).n_targets
+        self._counted = (index, total)
+        return total
 
     def trained_targets(self, first: int, count: int) -> int:
         """How many targets of samples ``first .. first + count - 1`` count in the loss."""

@@ -459,7 +459,10 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     if info.is_main:
         if resume is not None:
             log.info(
-                "resuming from %s (step %d, %s tokens)", resume.dir, step, f"{samples * config.ctx_len:,}"
+                "resuming from %s (step %d, %s tokens)",
+                resume.dir,
+                step,
+                f"{windows.tokens_before(samples):,}",
             )
             if config.init_from and full:
                 log.info("--init-from is ignored: the run continues from its own checkpoint")
@@ -487,7 +490,6 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
         )
 
     global_batch = config.batch_size * info.world_size * config.grad_accum
-    tokens_per_step = global_batch * config.ctx_len
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step if resume else None) if info.is_main else None
     total_steps = config.steps
     last_step = total_steps if config.stop_at is None else min(config.stop_at, total_steps or config.stop_at)
@@ -555,7 +557,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             state = {
                 "step": step,
                 "samples": samples,
-                "tokens": samples * config.ctx_len,
+                "tokens": windows.tokens_before(samples),
                 "optimizer": optim_state,
                 "rng": rng_state(),
                 "elapsed": elapsed(),
@@ -565,7 +567,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
                 "world_size": info.world_size,
             }
             meta = {
-                "tokens": samples * config.ctx_len,
+                "tokens": windows.tokens_before(samples),
                 "loss": last_loss,
                 "model": model_config.to_dict(),
                 "train": config.to_dict(),
@@ -607,8 +609,9 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        step_tokens = windows.tokens_before(samples + global_batch) - windows.tokens_before(samples)
         samples += global_batch
-        session_tokens += tokens_per_step
+        session_tokens += step_tokens
         step_loss = D.mean_across(loss_sum / config.grad_accum, info).item()
         if not math.isfinite(step_loss):
             raise ConfigError(
@@ -626,11 +629,11 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
                 {
                     "kind": "train",
                     "step": step,
-                    "tokens": samples * config.ctx_len,
+                    "tokens": windows.tokens_before(samples),
                     "loss": step_loss,
                     "lr": lr,
                     "grad_norm": grad_norm_value,
-                    "tokens_per_s": tokens_per_step / dt,
+                    "tokens_per_s": step_tokens / dt,
                     "elapsed": round(elapsed(), 3),
                     "epoch": round(windows.epoch_of(samples), 4),
                 }
@@ -650,7 +653,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
             val = evaluate(module, windows, config.batch_size, config.eval_batches, device, amp)
             if metrics is not None:
                 metrics.write(
-                    {"kind": "eval", "step": step, "tokens": samples * config.ctx_len, "val_loss": val}
+                    {"kind": "eval", "step": step, "tokens": windows.tokens_before(samples), "val_loss": val}
                 )
         if config.save_every and step % config.save_every == 0 and not finished():
             save()
@@ -669,7 +672,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
         val_end = evaluate(module, windows, config.batch_size, config.eval_batches, device, amp)
         if metrics is not None:
             metrics.write(
-                {"kind": "eval", "step": step, "tokens": samples * config.ctx_len, "val_loss": val_end}
+                {"kind": "eval", "step": step, "tokens": windows.tokens_before(samples), "val_loss": val_end}
             )
     model_path = plot_path = None
     if info.is_main:
@@ -685,7 +688,7 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     result = TrainResult(
         out=out,
         step=step,
-        tokens=samples * config.ctx_len,
+        tokens=windows.tokens_before(samples),
         loss=sum(recent) / len(recent) if recent else None,
         first_loss=first_loss,
         val_loss_start=val_start,

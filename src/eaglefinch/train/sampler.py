@@ -92,6 +92,10 @@ class TokenWindows:
         start = self.start_of(index)
         return np.asarray(self.tokens[start : start + self.ctx_len + 1])
 
+    def tokens_before(self, index: int) -> int:
+        """Input tokens in samples ``0 .. index - 1`` (every window holds ``ctx_len``)."""
+        return index * self.ctx_len
+
     def batch(self, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``first .. first + count - 1`` as (inputs, targets), LongTensors [count, ctx_len]."""
         windows = np.stack([self.window(first + i) for i in range(count)]).astype(np.int64)
