@@ -42,6 +42,7 @@ from eaglefinch.errors import ConfigError
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
 from eaglefinch.model.time_mix import LN_X_EPS
+from eaglefinch.ops.kernel_choice import use_triton
 
 Weights = Literal["exact", "fp16", "int8", "w8a8"]
 WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8", "w8a8")
@@ -202,9 +203,16 @@ class _Layer:
         k = self.k(xk).float().view(B, H, N, 1)
         v = self.v(xv).float().view(B, H, 1, N)
         g = F.silu(self.g(xg))
-        kv = k * v  # (B, H, N, N) = k^T v
-        y = r @ (self.u * kv + wkv)  # (B, H, 1, N)
-        wkv.mul_(w).add_(kv)  # S = k^T v + diag(w) S, in place
+        if use_triton(wkv) and wkv.is_contiguous():  # one fused kernel, the state updated in place
+            from eaglefinch.ops.triton import wkv_step_triton
+
+            rkv = (x.reshape(B, H, N) for x in (r, k, v))
+            y = wkv_step_triton(*rkv, w.reshape(-1, H, N), self.u.view(H, N), wkv, w_is_log=False)
+            y = y.view(B, H, 1, N)
+        else:
+            kv = k * v  # (B, H, N, N) = k^T v
+            y = r @ (self.u * kv + wkv)  # (B, H, 1, N)
+            wkv.mul_(w).add_(kv)  # S = k^T v + diag(w) S, in place
         shift.copy_(xx)
         # y passes through the working dtype before the float32 GroupNorm, as in the model
         y = F.group_norm(y.view(B, H * N).to(x.dtype).float(), H, self.lnx_w, self.lnx_b, LN_X_EPS)

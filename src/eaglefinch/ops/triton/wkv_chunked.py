@@ -140,7 +140,9 @@ def _fwd_output_kernel(
     ex = tl.zeros([BC, BK], dtype=tl.float32)
     for jj in range(BC):
         j = BC - 1 - jj
-        gj1 = tl.maximum(_load_row(g_ptr + (t0 + j + 1) * sgt, ck, N, t0 + j + 1, tl.minimum(T, t0 + BC)), -FLOOR)
+        gj1 = tl.maximum(
+            _load_row(g_ptr + (t0 + j + 1) * sgt, ck, N, t0 + j + 1, tl.minimum(T, t0 + BC)), -FLOOR
+        )
         ex += tl.where(rows[:, None] > j + 1, gj1[None, :], 0.0)
         kj = _load_row(k_ptr + (t0 + j) * H * N, ck, N, t0 + j, T)
         vj = _load_row(v_ptr + (t0 + j) * H * N, ck, N, t0 + j, T)
@@ -247,7 +249,9 @@ def _bwd_grads_kernel(
     ex = tl.zeros([BC, BK], dtype=tl.float32)
     for jj in range(BC):
         j = BC - 1 - jj
-        gj1 = tl.maximum(_load_row(g_ptr + (t0 + j + 1) * sgt, ck, N, t0 + j + 1, tl.minimum(T, t0 + BC)), -FLOOR)
+        gj1 = tl.maximum(
+            _load_row(g_ptr + (t0 + j + 1) * sgt, ck, N, t0 + j + 1, tl.minimum(T, t0 + BC)), -FLOOR
+        )
         ex += tl.where(rows[:, None] > j + 1, gj1[None, :], 0.0)
         kj = _load_row(k_ptr + (t0 + j) * H * N, ck, N, t0 + j, T)
         vj = _load_row(v_ptr + (t0 + j) * H * N, ck, N, t0 + j, T)
@@ -312,8 +316,10 @@ def _block(N: int) -> int:
 
 
 def _launch_config(r: torch.Tensor) -> dict:
-    N = r.shape[-1]
-    return dict(MIXED=r.dtype != torch.float32, FLOOR=LOG_W_FLOOR, BK=_block(N))
+    # Triton's CPU interpreter computes bf16 matrix products wrongly (numpy has no bf16): there,
+    # bf16 inputs take float32 products. fp16 products are right in the interpreter too.
+    mixed = r.dtype != torch.float32 and not (r.device.type == "cpu" and r.dtype == torch.bfloat16)
+    return dict(MIXED=mixed, FLOOR=LOG_W_FLOOR, BK=_block(r.shape[-1]))
 
 
 def _forward(r, k, v, g, u, s0):
@@ -396,3 +402,45 @@ class WKVChunkedTriton(torch.autograd.Function):
             du.to(u.dtype),
             ds0 if ctx.has_s0 else None,
         )
+
+
+def wkv_chunked_triton(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_w: torch.Tensor,
+    u: torch.Tensor,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contract of ``eaglefinch.ops.wkv_chunked``, in Triton: r, k, v ``[B, T, H, N]``; log_w
+    ``[B, T, H, N]`` (Finch) or broadcastable to it (``[H, N]``, Eagle); u ``[H, N]``; state
+    ``[B, H, N, N]`` or ``None``. Returns y ``[B, T, H, N]`` in r's dtype and the final state in
+    float32. Differentiable in every input."""
+    if r.dim() != 4 or k.shape != r.shape or v.shape != r.shape:
+        raise ValueError(
+            f"r, k, v must share a [B, T, H, N] shape: {tuple(r.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.dtype != r.dtype or v.dtype != r.dtype:
+        raise ValueError(f"r, k, v must share a dtype: {r.dtype}, {k.dtype}, {v.dtype}")
+    B, T, H, N = r.shape
+    if u.shape != (H, N):
+        raise ValueError(f"u must be [H, N] = {[H, N]}, got {tuple(u.shape)}")
+    if state is not None and state.shape != (B, H, N, N):
+        raise ValueError(f"state must be [B, H, N, N] = {[B, H, N, N]}, got {tuple(state.shape)}")
+    try:
+        torch.broadcast_shapes(log_w.shape, (B, T, H, N))
+    except RuntimeError:
+        raise ValueError(
+            f"log_w must broadcast to [B, T, H, N] = {[B, T, H, N]}, got {tuple(log_w.shape)}"
+        ) from None
+    s0 = None if state is None else state.float().contiguous()
+    if T == 0:
+        return r.new_zeros(B, 0, H, N), (
+            s0.clone() if s0 is not None else r.new_zeros(B, H, N, N, dtype=torch.float32)
+        )
+    lw = log_w.reshape((1,) * (4 - log_w.dim()) + tuple(log_w.shape))
+    if lw.stride(-1) != 1:
+        lw = lw.contiguous()
+    r, k, v, u = (x.contiguous() for x in (r, k, v, u))
+    with torch.autocast(r.device.type, enabled=False):
+        return WKVChunkedTriton.apply(r, k, v, lw, u, s0)
