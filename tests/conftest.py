@@ -1,10 +1,19 @@
-"""Shared test set-up: seeds, the `gpu` marker, NaN-filled `torch.empty` (catches uninitialised reads)."""
+"""Shared test set-up: seeds, the `gpu` marker, NaN-filled `torch.empty` (catches uninitialised reads),
+and Triton's interpreter where there is no CUDA device."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 import torch.utils._device
+
+# Without a CUDA device the Triton kernels' tests run in Triton's interpreter. TRITON_INTERPRET is
+# read when a kernel is defined, so it is set before any test imports eaglefinch.ops.triton; CPU
+# tensors still run the torch kernels unless EAGLEFINCH_KERNEL=triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _original_empty = torch.empty
 # `with torch.device(...)` recognises factory functions by identity, from a set built once; build it

@@ -19,6 +19,10 @@ TINY = {"batch": 1, "n_head": 2, "head_size": 8, "dtype": "float32"}
 def test_measure_each_contender(contender, mode):
     if contender == "mamba":
         pytest.importorskip("transformers")
+    if contender == "fla-rwkv6" and not torch.cuda.is_available():
+        pytest.skip("fla's chunk_rwkv6 needs a CUDA device")
+    if contender.endswith("-triton"):
+        pytest.importorskip("triton", reason="the Triton kernels need triton")  # interpreted on CPU
     point = kernels.measure(contender, 96, mode, TINY, "cpu", repeats=1)
     assert point["seconds"] > 0 and point["peak_bytes"] >= 0
     assert point["input_bytes"] > 0
@@ -71,9 +75,29 @@ def test_goals_ratios_hand_computed():
         {"contender": "attention", "T": 8192, "mode": "fwdbwd", "skipped": "slow"},
     ]
     (row,) = kernels.goals(points)
-    assert row["memory_finch_over_attention"] == 3.0 and row["less_memory_than_attention"] is False
-    assert row["memory_finch_over_mamba"] == 0.5 and row["less_memory_than_mamba"] is True
-    assert row["time_finch_over_attention"] == 0.5 and row["faster_than_attention"] is True
+    assert row["kernel"] == "finch"
+    assert row["memory_over_attention"] == 3.0 and row["less_memory_than_attention"] is False
+    assert row["memory_over_mamba"] == 0.5 and row["less_memory_than_mamba"] is True
+    assert row["time_over_attention"] == 0.5 and row["faster_than_attention"] is True
+
+
+def test_goals_of_the_triton_kernel_hand_computed():
+    def pt(c, T, s, b):
+        return {"contender": c, "T": T, "mode": "fwdbwd", "seconds": s, "peak_bytes": b}
+
+    points = [
+        pt("finch-triton", 2048, 0.5, 100),
+        pt("fla-rwkv6", 2048, 0.6, 100),
+        pt("finch", 2048, 3.0, 400),
+    ]
+    rows = {r["kernel"]: r for r in kernels.goals(points)}
+    row = rows["finch-triton"]
+    assert row["time_over_fla-rwkv6"] == pytest.approx(0.5 / 0.6) and row["memory_over_fla-rwkv6"] == 1.0
+    assert row["at_most_fla_time_and_memory"] is True
+    assert row["speedup_over_torch_chunked"] == 6.0 and row["at_least_5x_torch_chunked"] is True
+    points[2] = pt("finch", 2048, 2.0, 400)
+    row = {r["kernel"]: r for r in kernels.goals(points)}["finch-triton"]
+    assert row["speedup_over_torch_chunked"] == 4.0 and row["at_least_5x_torch_chunked"] is False
 
 
 def test_sweep_through_subprocesses(tmp_path):

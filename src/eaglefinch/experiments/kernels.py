@@ -15,6 +15,10 @@ Contenders, each on one layer's worth of input (fp32 on CPU, bf16 on CUDA):
 - ``finch-autograd``: the same kernel with ``recompute=False``: plain autograd, which keeps every
   intra-chunk tensor for backward (what the kernel did before it recomputed segments).
 - ``eagle``: the same kernel with a decay constant in time (``log_w`` of shape ``[H, N]``).
+- ``finch-triton`` / ``eagle-triton``: the Triton kernels (``eaglefinch.ops.triton``) on the same
+  inputs; CUDA, or CPU under ``TRITON_INTERPRET=1`` (correctness only: the interpreter is slow).
+- ``fla-rwkv6``: flash-linear-attention's ``chunk_rwkv6`` (``pip install fla-core``) on the same
+  Finch inputs, ``[B, T, H, N]`` with ``scale=1`` (the RWKV-6 convention); CUDA only.
 - ``attention``: ``torch.nn.functional.scaled_dot_product_attention`` (causal) on q/k/v
   ``[B, H, T, N]``, forced onto the FlashAttention backend where it is available (the backend
   that ran is recorded), else PyTorch's default choice.
@@ -35,6 +39,7 @@ skipped (and listed as skipped) unless ``--no-skip``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -50,14 +55,28 @@ from eaglefinch.experiments import MALLOC_ENV, environment_stamp, write_json_ato
 from eaglefinch.ops.wkv_chunked import RECOMPUTE_SEGMENT
 
 HELP = "time and peak memory of Finch/Eagle WKV, softmax attention and Mamba vs T (paper Figures 6, 7)"
-CONTENDERS: tuple[str, ...] = ("finch", "finch-autograd", "eagle", "attention", "mamba")
+CONTENDERS: tuple[str, ...] = (
+    "finch",
+    "finch-autograd",
+    "eagle",
+    "finch-triton",
+    "eagle-triton",
+    "fla-rwkv6",
+    "attention",
+    "mamba",
+)
 LABELS = {
-    "finch": "Finch WKV (chunked)",
+    "finch": "Finch WKV (chunked, torch)",
     "finch-autograd": "Finch WKV (chunked, plain autograd)",
-    "eagle": "Eagle WKV (chunked)",
+    "eagle": "Eagle WKV (chunked, torch)",
+    "finch-triton": "Finch WKV (Triton)",
+    "eagle-triton": "Eagle WKV (Triton)",
+    "fla-rwkv6": "fla chunk_rwkv6",
     "attention": "softmax attention (SDPA)",
     "mamba": "Mamba mixer",
 }
+CPU_CONTENDERS = ("finch", "finch-autograd", "eagle", "attention", "mamba")
+CUDA_CONTENDERS = ("finch-triton", "eagle-triton", "finch", "fla-rwkv6", "attention", "mamba")
 MODES = ("fwd", "fwdbwd")
 DEFAULT_OUT = Path("benchmarks/results/kernels")
 # Time grows about linearly in T for the recurrent kernels and quadratically for attention.
@@ -77,7 +96,10 @@ def _int_list(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}"
+        "--contenders",
+        default=None,
+        help=f"subset of {','.join(CONTENDERS)} (default: {','.join(CPU_CONTENDERS)} on CPU, "
+        f"{','.join(CUDA_CONTENDERS)} on CUDA)",
     )
     parser.add_argument("--seq-lens", type=_int_list, default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
@@ -114,18 +136,24 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype).requires_grad_()
 
-    if contender in ("finch", "finch-autograd", "eagle"):
-        from eaglefinch.ops.wkv_chunked import wkv_chunked
-
+    if contender in ("finch", "finch-autograd", "eagle", "finch-triton", "eagle-triton", "fla-rwkv6"):
         r, k, v = randn(B, T, H, N), randn(B, T, H, N, scale=N**-0.5), randn(B, T, H, N)
         u = randn(H, N, scale=0.1)
         # log_w = -exp(w), w ~ N(-1, 0.5): per-token decays near the trained models' range. The
         # kernel's own input is log_w (as attention's are q, k, v): made here, outside the call.
-        shape = (H, N) if contender == "eagle" else (B, T, H, N)
+        shape = (H, N) if contender.startswith("eagle") else (B, T, H, N)
         with torch.no_grad():
             log_w = -torch.exp(randn(*shape, scale=0.5) - 1.0)
         log_w.requires_grad_()
         inputs = [r, k, v, log_w, u]
+        if contender.endswith("-triton"):
+            from eaglefinch.ops.triton import wkv_chunked_triton
+
+            return (lambda: wkv_chunked_triton(r, k, v, log_w, u)[0]), inputs, info
+        if contender == "fla-rwkv6":
+            return _fla_rwkv6_call(r, k, v, log_w, u, info), inputs, info
+        from eaglefinch.ops.wkv_chunked import wkv_chunked
+
         recompute = contender != "finch-autograd"
         return (lambda: wkv_chunked(r, k, v, log_w, u, recompute=recompute)[0]), inputs, info
     if contender == "attention":
@@ -175,6 +203,30 @@ def make_point(contender: str, T: int, cfg: dict, device: str, gen: torch.Genera
         x = randn(B, T, H * N)
         return (lambda: mixer(x)), [x], info
     raise ConfigError(f"unknown contender {contender!r}; choose from {', '.join(CONTENDERS)}")
+
+
+def _fla_rwkv6_call(r, k, v, log_w, u, info: dict):
+    """flash-linear-attention's chunked RWKV-6 on our [B, T, H, N] layout, whichever of its
+    signatures (``head_first`` appeared and changed default between releases) is installed."""
+    import inspect
+    from importlib.metadata import version
+
+    from fla.ops.rwkv6 import chunk_rwkv6
+
+    info["fla"] = version("fla-core") if _has_dist("fla-core") else version("flash-linear-attention")
+    params = inspect.signature(chunk_rwkv6).parameters
+    layout = {"head_first": False} if "head_first" in params else {}
+    return lambda: chunk_rwkv6(r, k, v, log_w, u, scale=1.0, **layout)[0]
+
+
+def _has_dist(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def measure(contender: str, T: int, mode: str, cfg: dict, device: str, repeats: int) -> dict:
@@ -322,33 +374,48 @@ def plot(path: Path, points: list[dict], key: str, ylabel: str, title: str) -> N
 
 
 def goals(points: list[dict]) -> list[dict]:
-    """The paper's claims per (T >= 2048, mode): Finch's memory below attention's and Mamba's, and
-    (from T = 4096) its time below attention's, as measured ratios."""
+    """Measured ratios per (WKV kernel, T >= 2048, mode): the paper's claims for Finch (memory below
+    attention's and Mamba's; from T = 4096, time below attention's), and for the Triton kernel its
+    time and memory against fla's chunk_rwkv6 and its speed-up over the torch chunked form."""
     table = {
         (p["contender"], p["T"], p["mode"]): p for p in points if "error" not in p and "skipped" not in p
     }
     rows = []
-    for (c, T, mode), f in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        if c != "finch" or T < 2048:
+    for (c, T, mode), f in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        if c not in ("finch", "finch-triton") or T < 2048:
             continue
-        row = {"T": T, "mode": mode}
-        for peer in ("attention", "mamba", "finch-autograd"):
+        row = {"kernel": c, "T": T, "mode": mode}
+        peers = (
+            ("attention", "mamba", "finch-autograd") if c == "finch" else ("attention", "mamba", "fla-rwkv6")
+        )
+        for peer in peers:
             p = table.get((peer, T, mode))
             if p:
-                row[f"memory_finch_over_{peer}"] = f["peak_bytes"] / max(p["peak_bytes"], 1)
-                row[f"time_finch_over_{peer}"] = f["seconds"] / p["seconds"]
-        if "memory_finch_over_attention" in row:
-            row["less_memory_than_attention"] = row["memory_finch_over_attention"] < 1
-        if "memory_finch_over_mamba" in row:
-            row["less_memory_than_mamba"] = row["memory_finch_over_mamba"] < 1
-        if T >= 4096 and "time_finch_over_attention" in row:
-            row["faster_than_attention"] = row["time_finch_over_attention"] < 1
+                row[f"memory_over_{peer}"] = f["peak_bytes"] / max(p["peak_bytes"], 1)
+                row[f"time_over_{peer}"] = f["seconds"] / p["seconds"]
+        if "memory_over_attention" in row:
+            row["less_memory_than_attention"] = row["memory_over_attention"] < 1
+        if "memory_over_mamba" in row:
+            row["less_memory_than_mamba"] = row["memory_over_mamba"] < 1
+        if T >= 4096 and "time_over_attention" in row:
+            row["faster_than_attention"] = row["time_over_attention"] < 1
+        if c == "finch-triton":
+            if "time_over_fla-rwkv6" in row:
+                row["at_most_fla_time_and_memory"] = (
+                    row["time_over_fla-rwkv6"] <= 1 and row["memory_over_fla-rwkv6"] <= 1
+                )
+            torch_path = table.get(("finch", T, mode))
+            if torch_path:
+                row["speedup_over_torch_chunked"] = torch_path["seconds"] / f["seconds"]
+                row["at_least_5x_torch_chunked"] = row["speedup_over_torch_chunked"] >= 5
         rows.append(row)
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    cuda = args.device.startswith("cuda")
+    chosen = args.contenders or ",".join(CUDA_CONTENDERS if cuda else CPU_CONTENDERS)
+    contenders = [c.strip() for c in chosen.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not contenders or any(c not in CONTENDERS for c in contenders):
         raise ConfigError(f"--contenders: choose from {', '.join(CONTENDERS)}")
@@ -356,7 +423,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--modes: choose from {', '.join(MODES)}")
     if not args.seq_lens or min(args.seq_lens) < 64:
         raise ConfigError("--seq-lens: lengths of at least 64")
-    cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device available")
     if not cuda and args.device != "cpu":
@@ -367,6 +433,18 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             print("skipping mamba: needs transformers (pip install 'eaglefinch[mamba]')", file=sys.stderr)
             contenders.remove("mamba")
+    for name in [c for c in contenders if c.endswith("-triton")]:
+        if importlib.util.find_spec("triton") is None:
+            print(f"skipping {name}: needs triton (pip install 'eaglefinch[gpu]')", file=sys.stderr)
+            contenders.remove(name)
+        elif not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            print(
+                f"skipping {name}: on CPU it needs TRITON_INTERPRET=1 (Triton's interpreter)", file=sys.stderr
+            )
+            contenders.remove(name)
+    if "fla-rwkv6" in contenders and (not cuda or importlib.util.find_spec("fla") is None):
+        print("skipping fla-rwkv6: needs a CUDA device and fla (pip install fla-core)", file=sys.stderr)
+        contenders.remove("fla-rwkv6")
     cfg = dict(CUDA_CONFIG if cuda else CPU_CONFIG)
     for name in ("batch", "n_head", "head_size"):
         if getattr(args, name) is not None:

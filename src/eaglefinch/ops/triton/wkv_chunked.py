@@ -25,10 +25,14 @@ initial and final states) depends on g_t, which gives
 
     dg_t = sum_{i>t} r_i dr'_i - sum_{j>=t} k_j dk'_j + sum_v S_T[:, v] dS_T[:, v]
 
-with dr', dk' the gradients of r and k without the bonus term: two reverse cumulative sums.
+with dr', dk' the gradients of r and k without the bonus term: two reverse cumulative sums. Its
+rounding is therefore relative to the sums of r dr' and k dk' it adds (as in flash-linear-attention),
+not to dg itself: where dg is ~0 (every decay strong, or the first token with no initial state) the
+torch form is closer to exact, by ~1e-6 of those sums in float32.
 
 Arithmetic is float32; with bf16/fp16 inputs the matrix products take their operands in the input
-dtype (tensor cores) and accumulate in float32.
+dtype (tensor cores) and accumulate in float32 (under Triton's CPU interpreter, whose bf16 products
+are unreliable, bf16 products take float32 operands).
 """
 
 from __future__ import annotations
