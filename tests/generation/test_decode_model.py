@@ -7,7 +7,7 @@ import torch
 
 from eaglefinch import RWKVConfig
 from eaglefinch.errors import ConfigError
-from eaglefinch.model.decode import DecodeModel
+from eaglefinch.model.decode import DecodeModel, onednn_bf16_available
 
 CASES = {
     "finch": RWKVConfig("6.0", n_layer=2, n_embd=128, vocab_size=300),
@@ -65,6 +65,26 @@ def test_default_layout_matches_the_official_package(
         theirs, their_state = official.forward([token], their_state)
         ours = decoder.step(torch.tensor([token]), state)
         assert relative_error(ours[0], theirs) < 1e-5
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX512-BF16 or AMX")
+@pytest.mark.parametrize("case", ["finch", "eagle", "eagle-L3-F320"])
+def test_onednn_layout_is_bitwise_the_linear_layout(case, build_model):
+    """bf16 weights reordered once for oneDNN: the same products as F.linear, bitwise, batch 1 and 3;
+    and it is the default for bf16 models on such CPUs."""
+    model = build_model(CASES[case], dtype=torch.bfloat16)
+    assert DecodeModel(model).head.kind == "onednn"
+    tokens = torch.randint(0, CASES[case].vocab_size, (3, 5), generator=torch.Generator().manual_seed(4))
+    for rows in (tokens[:1], tokens):
+        a, b = DecodeModel(model, layout="linear"), DecodeModel(model, layout="onednn")
+        sa, sb = a.zero_state(rows.shape[0]), b.zero_state(rows.shape[0])
+        assert torch.equal(run_steps(a.step, sa, rows), run_steps(b.step, sb, rows))
+        assert torch.equal(sa.wkv, sb.wkv)
+
+
+def test_onednn_layout_refuses_fp32(build_model):
+    with pytest.raises(ConfigError, match="onednn"):
+        DecodeModel(build_model(CASES["finch"]), layout="onednn")
 
 
 @pytest.mark.parametrize("case", ["finch", "eagle"])

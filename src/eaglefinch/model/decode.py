@@ -46,6 +46,7 @@ from eaglefinch.ops.kernel_choice import use_triton
 
 Weights = Literal["exact", "fp16", "int8", "w8a8"]
 WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8", "w8a8")
+LAYOUTS: tuple[str, ...] = ("linear", "transposed", "onednn")
 LN_EPS = 1e-5
 
 
@@ -55,6 +56,8 @@ class Linear:
     * ``"linear"``: ``F.linear`` on the model's own tensor (no copy; the model's layout).
     * ``"transposed"``: a contiguous (in, out) copy read by ``x @ W_t``; on CPU, MKL's fp32 row-vector
       product reads this layout faster than ``F.linear`` reads (out, in) (benchmarks/decode_speed.py).
+    * ``"onednn"``: bf16 weights reordered once into oneDNN's blocked layout (CPUs with AVX512-BF16 or
+      AMX): the same product as ``F.linear`` in bf16, bitwise, without its per-call reorder.
     * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
     * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
       (``aten._weight_int8pack_mm``), bf16 activations.
@@ -65,12 +68,15 @@ class Linear:
     def __init__(self, weight: torch.Tensor, kind: str):
         self.kind = kind
         self.out_features, self.in_features = weight.shape
-        self.lossless = kind in ("linear", "transposed")
+        self.lossless = kind in ("linear", "transposed", "onednn")
         weight = weight.detach()
         if kind == "linear":
             self.weight = weight
         elif kind == "transposed":
             self.weight = weight.t().contiguous()  # (in, out)
+        elif kind == "onednn":
+            # reordered once into oneDNN's blocked layout; F.linear would reorder on every call
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         elif kind == "fp16":
             self.lossless = bool(torch.equal(weight.half().to(weight.dtype), weight))
             self.weight = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
@@ -90,6 +96,8 @@ class Linear:
             return F.linear(x, self.weight)
         if self.kind == "transposed":
             return x @ self.weight
+        if self.kind == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         if self.kind == "fp16":
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.weight).to(x.dtype)
         if self.kind == "w8a8":
@@ -107,10 +115,20 @@ class Linear:
         return n * self.weight.element_size()
 
 
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN has native bf16 products here (AVX512-BF16 or AMX): the "onednn" layout."""
+    try:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def default_layout(dtype: torch.dtype, device: torch.device) -> str:
     """The exact layout the decode benchmark found fastest for this dtype and device."""
     if device.type == "cpu" and dtype == torch.float32:
         return "transposed"
+    if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16_available():
+        return "onednn"
     return "linear"
 
 
@@ -244,8 +262,8 @@ class DecodeModel:
             opt-in, lossless for most bf16 checkpoints), ``"int8"`` (weight-only int8 matrices and
             head with per-row scales; CPU, opt-in, an approximation) or ``"w8a8"`` (the same int8
             weights and 7-bit inputs; x86 CPU, opt-in, the fastest). See the module docstring.
-        layout: for ``"exact"``, force ``"linear"`` or ``"transposed"`` matrices (default: the
-            fastest measured for the dtype and device).
+        layout: for ``"exact"``, force ``"linear"``, ``"transposed"`` or ``"onednn"`` matrices
+            (default: the fastest measured for the dtype and device).
     """
 
     def __init__(self, model: RWKV, weights: Weights = "exact", layout: str | None = None):
@@ -260,8 +278,10 @@ class DecodeModel:
             raise ConfigError(
                 f"weights={weights!r} needs torch's FBGEMM backend (x86 CPUs), which this build lacks"
             )
-        if layout is not None and layout not in ("linear", "transposed"):
-            raise ConfigError(f"unknown layout {layout!r}: use 'linear' or 'transposed'")
+        if layout is not None and layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+        if layout == "onednn" and not (model.dtype == torch.bfloat16 and onednn_bf16_available()):
+            raise ConfigError("layout 'onednn' needs a bf16 model and a CPU with bf16 instructions")
         self.config = model.config
         self.weights = weights
         self.dtype, self.device = model.dtype, model.device
