@@ -141,8 +141,11 @@ def run_preset(label: str, args, bandwidths: dict, tmp: Path) -> dict:
                 row["ratio_to_llama_cpp_q8_0"] = (
                     row["tokens_per_s"] / decode["llama.cpp q8_0"]["tokens_per_s"]
                 )
-            print(f"   {key} decode {name:22s} {row['tokens_per_s']:7.1f} tok/s  x{row['ratio_to_package_best']:.2f} "
-                  f"of the package, {row['share_of_read_bandwidth']:.0%} of bandwidth", flush=True)  # fmt: skip
+            shown = f"{row['tokens_per_s']:7.1f} tok/s  x{row['ratio_to_package_best']:.2f} of the package"
+            print(
+                f"   {key} decode {name:22s} {shown}, {row['share_of_read_bandwidth']:.0%} of bandwidth",
+                flush=True,
+            )
         result["decode"][key] = decode
         prefill = {}
         for T, prompt in prompts.items():
@@ -169,15 +172,16 @@ def run_preset(label: str, args, bandwidths: dict, tmp: Path) -> dict:
                     runs.append(time.perf_counter() - t)
                 rows[name] = min(runs)
             best_package = min(rows[f"rwkv {s}"] for s in PACKAGE)
-            prefill[f"T={T}"] = {
-                name: {
+            prefill[f"T={T}"] = {}
+            for name, sec in rows.items():
+                row = {
                     "seconds": sec,
                     "tokens_per_s": T / sec,
                     "speedup_over_package_best": best_package / sec,
-                    **({"speedup_over_llama_cpp_f16": rows["llama.cpp f16"] / sec} if "llama.cpp f16" in rows else {}),
                 }
-                for name, sec in rows.items()
-            }  # fmt: skip
+                if "llama.cpp f16" in rows:
+                    row["speedup_over_llama_cpp_f16"] = rows["llama.cpp f16"] / sec
+                prefill[f"T={T}"][name] = row
             for name, row in prefill[f"T={T}"].items():
                 print(f"   {key} prefill T={T} {name:18s} {row['seconds']:7.2f} s "
                       f"x{row['speedup_over_package_best']:.2f} of the package", flush=True)  # fmt: skip
