@@ -152,7 +152,7 @@ def _layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
 class _Layer:
     """One block's tensors, packed for a single-token step."""
 
-    def __init__(self, block, version: str, matrix):
+    def __init__(self, block, version: str, matrix, exact_matrix):
         att, ffn = block.att, block.ffn
         self.ln1, self.ln2 = block.ln1, block.ln2
         self.n_head, self.head_size = att.n_head, att.head_size
@@ -187,12 +187,12 @@ class _Layer:
                 .detach()
                 .view(5, 1, -1)
             )  # (5, 1, C)
-            self.maa_w1, self.maa_w2 = (
-                att.time_maa_w1.detach(),
-                att.time_maa_w2.detach(),
-            )  # (C, 5R), (5, R, C)
+            # the LoRA matrices are small: always exact, in the exact layout (x @ W is F.linear(x, W^T))
+            self.maa_w1 = exact_matrix(att.time_maa_w1.detach().t())  # (5R, C)
+            self.maa_w2 = att.time_maa_w2.detach()  # (5, R, C)
             self.decay = att.time_decay.detach().float().view(1, -1)  # (1, A)
-            self.decay_w1, self.decay_w2 = att.time_decay_w1.detach(), att.time_decay_w2.detach()
+            self.decay_w1 = exact_matrix(att.time_decay_w1.detach().t())  # (D, C)
+            self.decay_w2 = exact_matrix(att.time_decay_w2.detach().t())  # (A, D)
             self.ffn_maa_k, self.ffn_maa_r = (
                 ffn.time_maa_k.detach().view(1, -1),
                 ffn.time_maa_r.detach().view(1, -1),
@@ -213,9 +213,9 @@ class _Layer:
         else:
             dx = sx - xx
             xxx = xx + dx * self.maa_x
-            lora = torch.tanh(xxx @ self.maa_w1).view(B, 5, -1).transpose(0, 1)  # (5, B, R)
+            lora = torch.tanh(self.maa_w1(xxx)).view(B, 5, -1).transpose(0, 1)  # (5, B, R)
             xw, xk, xv, xr, xg = (xx + dx * (self.maa + torch.bmm(lora, self.maa_w2))).unbind(0)
-            d = self.decay + (torch.tanh(xw @ self.decay_w1) @ self.decay_w2).float()  # (B, A)
+            d = self.decay + self.decay_w2(torch.tanh(self.decay_w1(xw))).float()  # (B, A)
             w = torch.exp(-torch.exp(d)).view(B, H, N, 1)
         r = self.r(xr).float().view(B, H, 1, N)
         k = self.k(xk).float().view(B, H, N, 1)
@@ -285,12 +285,14 @@ class DecodeModel:
         self.config = model.config
         self.weights = weights
         self.dtype, self.device = model.dtype, model.device
-        kind = weights if weights != "exact" else layout or default_layout(self.dtype, self.device)
+        exact = layout or default_layout(self.dtype, self.device)
+        kind = weights if weights != "exact" else exact
         with torch.no_grad():
             self.emb = model.emb.weight.detach()
             self.ln0 = model.blocks[0].ln0
             self.layers = [
-                _Layer(block, self.config.version, lambda w: Linear(w, kind)) for block in model.blocks
+                _Layer(block, self.config.version, lambda w: Linear(w, kind), lambda w: Linear(w, exact))
+                for block in model.blocks
             ]
             self.ln_out = model.ln_out
             self.head = Linear(model.head.weight, kind)
