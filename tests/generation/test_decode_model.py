@@ -82,6 +82,22 @@ def test_onednn_layout_is_bitwise_the_linear_layout(case, build_model):
         assert torch.equal(sa.wkv, sb.wkv)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_no_second_copy_of_the_matrices_when_memory_is_short(dtype, build_model, monkeypatch):
+    """The packed layouts copy the matrices; with less than twice their size available the default
+    reads the model's own tensors ("linear"), and decodes the same."""
+    import eaglefinch.model.decode as decode
+
+    model = build_model(CASES["finch"], dtype=dtype)
+    assert DecodeModel(model).head.kind != "linear" or (
+        dtype == torch.bfloat16 and not onednn_bf16_available()
+    )
+    monkeypatch.setattr(decode, "available_memory_bytes", lambda: 100_000)
+    decoder = DecodeModel(model)
+    assert decoder.head.kind == "linear" and decoder.head.weight.data_ptr() == model.head.weight.data_ptr()
+    assert all(m.kind == "linear" for layer in decoder.layers for m in layer.matrices())
+
+
 def test_onednn_layout_refuses_fp32(build_model):
     with pytest.raises(ConfigError, match="onednn"):
         DecodeModel(build_model(CASES["finch"]), layout="onednn")

@@ -123,12 +123,32 @@ def onednn_bf16_available() -> bool:
         return False
 
 
-def default_layout(dtype: torch.dtype, device: torch.device) -> str:
-    """The exact layout the decode benchmark found fastest for this dtype and device."""
-    if device.type == "cpu" and dtype == torch.float32:
-        return "transposed"
-    if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16_available():
-        return "onednn"
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); very large where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 1 << 62
+
+
+def default_layout(dtype: torch.dtype, device: torch.device, matrix_bytes: int = 0) -> str:
+    """The exact layout the decode benchmark found fastest for this dtype and device.
+
+    "transposed" and "onednn" hold a second copy of the matrices (the model keeps its own); where
+    that copy (``matrix_bytes``) would take more than half the available memory, "linear" reads
+    the model's tensors in place instead.
+    """
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        if 2 * matrix_bytes > available_memory_bytes():
+            return "linear"
+        if dtype == torch.float32:
+            return "transposed"
+        if onednn_bf16_available():
+            return "onednn"
     return "linear"
 
 
@@ -263,7 +283,8 @@ class DecodeModel:
             head with per-row scales; CPU, opt-in, an approximation) or ``"w8a8"`` (the same int8
             weights and 7-bit inputs; x86 CPU, opt-in, the fastest). See the module docstring.
         layout: for ``"exact"``, force ``"linear"``, ``"transposed"`` or ``"onednn"`` matrices
-            (default: the fastest measured for the dtype and device).
+            (default: the fastest measured for the dtype and device, unless its copy of the
+            matrices would take more than half the available memory: then ``"linear"``).
     """
 
     def __init__(self, model: RWKV, weights: Weights = "exact", layout: str | None = None):
@@ -285,7 +306,12 @@ class DecodeModel:
         self.config = model.config
         self.weights = weights
         self.dtype, self.device = model.dtype, model.device
-        exact = layout or default_layout(self.dtype, self.device)
+        matrix_bytes = sum(
+            p.numel() * p.element_size()
+            for name, p in model.named_parameters()
+            if p.dim() == 2 and name != "emb.weight"
+        )
+        exact = layout or default_layout(self.dtype, self.device, matrix_bytes)
         kind = weights if weights != "exact" else exact
         with torch.no_grad():
             self.emb = model.emb.weight.detach()
