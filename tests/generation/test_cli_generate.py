@@ -204,3 +204,10 @@ def test_generate_on_gpu(dtype, checkpoint, capsys, byte_tokenizer):
     model = eaglefinch.load(checkpoint, dtype=dtype, device="cuda")
     expected = eaglefinch.generate(model, byte_tokenizer, "Hello", 8, temperature=0, **CLI_DEFAULTS)
     assert code == 0 and out == expected + "\n", err
+
+
+def test_unknown_kernel_choice_is_a_one_line_error(checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("EAGLEFINCH_KERNEL", "cuda")
+    code, out, err = run(greedy_argv(checkpoint, 2, "--prompt", "ab"), capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "EAGLEFINCH_KERNEL='cuda' is not a kernel choice: use one of auto, torch, triton" in err

@@ -16,6 +16,8 @@ import warnings
 
 import torch
 
+from eaglefinch.errors import ConfigError
+
 CHOICES = ("auto", "torch", "triton")
 MAX_HEAD_SIZE = 128  # the output kernel keeps an N x N state tile in registers
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -24,7 +26,7 @@ TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def kernel_choice() -> str:
     choice = os.environ.get("EAGLEFINCH_KERNEL", "auto").strip().lower() or "auto"
     if choice not in CHOICES:
-        raise ValueError(
+        raise ConfigError(
             f"EAGLEFINCH_KERNEL={choice!r} is not a kernel choice: use one of {', '.join(CHOICES)}"
         )
     return choice
@@ -55,7 +57,7 @@ def use_triton(r: torch.Tensor) -> bool:
         return False
     if not triton_available():
         if choice == "triton":
-            raise RuntimeError("EAGLEFINCH_KERNEL=triton needs triton: pip install 'eaglefinch[gpu]'")
+            raise ConfigError("EAGLEFINCH_KERNEL=triton needs triton: pip install 'eaglefinch[gpu]'")
         return False
     N = r.shape[-1]
     if r.dtype not in TRITON_DTYPES or N > MAX_HEAD_SIZE:
