@@ -187,6 +187,9 @@ class _Layer:
             matrix(ffn.value.weight),
         )
         self.version = version
+        # decided once here rather than per token: the WKV state is float32 on the model's device
+        state_like = torch.empty(1, 1, self.head_size, dtype=torch.float32, device=att.time_faaaa.device)
+        self.fused_step = use_triton(state_like)
         if version == "5.2":
             # Order r, k, v, g; Eagle weights the current token: x_t = sx + (xx - sx) * mix_t.
             self.mix = torch.stack([att.time_mix_r, att.time_mix_k, att.time_mix_v, att.time_mix_g]).detach()
@@ -241,7 +244,7 @@ class _Layer:
         k = self.k(xk).float().view(B, H, N, 1)
         v = self.v(xv).float().view(B, H, 1, N)
         g = F.silu(self.g(xg))
-        if use_triton(wkv) and wkv.is_contiguous():  # one fused kernel, the state updated in place
+        if self.fused_step and wkv.is_contiguous():  # one fused kernel, the state updated in place
             from eaglefinch.ops.triton import wkv_step_triton
 
             rkv = (x.reshape(B, H, N) for x in (r, k, v))
