@@ -42,7 +42,7 @@ from eaglefinch.errors import ConfigError
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
 from eaglefinch.model.time_mix import LN_X_EPS
-from eaglefinch.ops.kernel_choice import use_triton
+from eaglefinch.ops.kernel_choice import triton_runs
 
 Weights = Literal["exact", "fp16", "int8", "w8a8"]
 WEIGHTS: tuple[str, ...] = ("exact", "fp16", "int8", "w8a8")
@@ -188,8 +188,7 @@ class _Layer:
         )
         self.version = version
         # decided once here rather than per token: the WKV state is float32 on the model's device
-        state_like = torch.empty(1, 1, self.head_size, dtype=torch.float32, device=att.time_faaaa.device)
-        self.fused_step = use_triton(state_like)
+        self.fused_step = triton_runs(att.time_faaaa.device, torch.float32, self.head_size)
         if version == "5.2":
             # Order r, k, v, g; Eagle weights the current token: x_t = sx + (xx - sx) * mix_t.
             self.mix = torch.stack([att.time_mix_r, att.time_mix_k, att.time_mix_v, att.time_mix_g]).detach()

@@ -39,16 +39,21 @@ def triton_available() -> bool:
 
 @functools.cache
 def _warn_once(message: str) -> None:
-    warnings.warn(message, stacklevel=4)
+    warnings.warn(message, stacklevel=5)  # past use_triton/triton_runs: the caller's caller
 
 
 def use_triton(r: torch.Tensor) -> bool:
     """Whether WKV on tensors like ``r`` ([B, T, H, N] or [B, H, N]) runs the Triton kernels."""
+    return triton_runs(r.device, r.dtype, r.shape[-1])
+
+
+def triton_runs(device: torch.device, dtype: torch.dtype, head_size: int) -> bool:
+    """Whether WKV on ``dtype`` tensors of heads of ``head_size`` on ``device`` runs the Triton kernels."""
     choice = kernel_choice()
     if choice == "torch":
         return False
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not r.is_cuda and not (choice == "triton" and interpreted):
+    if device.type != "cuda" and not (choice == "triton" and interpreted):
         if choice == "triton" and not interpreted:
             _warn_once(
                 "EAGLEFINCH_KERNEL=triton: CPU tensors run the torch kernels "
@@ -59,11 +64,10 @@ def use_triton(r: torch.Tensor) -> bool:
         if choice == "triton":
             raise ConfigError("EAGLEFINCH_KERNEL=triton needs triton: pip install 'eaglefinch[gpu]'")
         return False
-    N = r.shape[-1]
-    if r.dtype not in TRITON_DTYPES or N > MAX_HEAD_SIZE:
+    if dtype not in TRITON_DTYPES or head_size > MAX_HEAD_SIZE:
         _warn_once(
             f"the Triton WKV kernels take float32/bf16/fp16 and head sizes up to {MAX_HEAD_SIZE}; "
-            f"{r.dtype} with head size {N} runs the torch kernels"
+            f"{dtype} with head size {head_size} runs the torch kernels"
         )
         return False
     return True
