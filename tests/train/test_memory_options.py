@@ -40,8 +40,11 @@ def test_recomputing_changes_nothing_but_memory(options, denominator):
     loss, grads = gradients(module, inputs, targets, **kwargs)
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     assert grads.keys() == plain.keys() and "initial_state.wkv" in grads
+    # Recomputed blocks repeat the same arithmetic; the fused head sums its log-sum-exp in another
+    # order than F.cross_entropy (same formula: test_chunked_loss checks it in float64).
+    atol = 1e-6 if options.get("head_chunk") else 1e-7
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(grad, plain[name], rtol=1e-5, atol=atol, msg=name)
 
 
 def test_chunked_head_with_nothing_to_train_is_zero():

@@ -39,4 +39,6 @@ class ChannelMix(nn.Module):
             xk = xx + (sx - xx) * self.time_maa_k
             xr = xx + (sx - xx) * self.time_maa_r
         k = torch.relu(self.key(xk)).square()
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), xx[:, -1]
+        # The new shift is copied out: a view would keep the whole (B, T, C) input alive as long as
+        # the state, through every layer of the forward.
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), xx[:, -1].clone()

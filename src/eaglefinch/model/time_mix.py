@@ -66,7 +66,9 @@ class TimeMix(nn.Module):
             y.reshape(B * T, H * N).float(), H, self.ln_x.weight.float(), self.ln_x.bias.float(), LN_X_EPS
         )
         out = self.output(y.view(B, T, H * N).to(xx.dtype) * g)
-        return out, xx[:, -1], wkv_state
+        # The new shift is copied out: a view would keep the whole (B, T, C) input alive as long as
+        # the state, through every layer of the forward.
+        return out, xx[:, -1].clone(), wkv_state
 
 
 class TimeMixV5(TimeMix):

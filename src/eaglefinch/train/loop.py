@@ -39,6 +39,7 @@ from eaglefinch.model.rwkv import RWKV
 from eaglefinch.train import distributed as D
 from eaglefinch.train.binidx import BinidxReader
 from eaglefinch.train.checkpointing import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from eaglefinch.train.chunked_loss import chunked_head_loss
 from eaglefinch.train.metrics import MetricsLog, plot_loss
 from eaglefinch.train.optim import make_optimizer, set_lr
 from eaglefinch.train.sampler import TokenWindows
@@ -227,6 +228,10 @@ class LossModule(nn.Module):
             factor = self.l2wrap / (B * T) * l2_scale
         else:
             mean_of, factor = denominator, self.l2wrap / denominator * l2_scale
+
+        if isinstance(head, nn.Linear) and head.bias is None:  # fused: one logits chunk alive at a time
+            pulled = None if denominator is None else targets != -100
+            return chunked_head_loss(hidden, head.weight, targets, self.head_chunk, factor, pulled) / mean_of
 
         def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             logits = head(h).float()
