@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+from eaglefinch.finetune.data import IGNORE
 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

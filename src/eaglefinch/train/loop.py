@@ -27,14 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from eaglefinch.checkpoint import check_state_dict, read_state_dict, save_state_dict
 from eaglefinch.config import RWKVConfig, infer_config
 from eaglefinch.errors import CheckpointError, ConfigError
 from eaglefinch.finetune import methods
-from eaglefinch.finetune.data import ExampleBatches, is_example_file, read_examples
+from eaglefinch.finetune.data import IGNORE, ExampleBatches, is_example_file, read_examples
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.train import distributed as D
 from eaglefinch.train.binidx import BinidxReader
@@ -222,29 +221,16 @@ class LossModule(nn.Module):
         head = self.model.head
         B, T = targets.shape
         if denominator is None:  # the mean over the trained targets, as F.cross_entropy takes it
-            mean_of = int((targets != -100).sum())
+            mean_of = int((targets != IGNORE).sum())
             if mean_of == 0:
                 return hidden.sum() * 0.0
             factor = self.l2wrap / (B * T) * l2_scale
         else:
             mean_of, factor = denominator, self.l2wrap / denominator * l2_scale
 
-        if isinstance(head, nn.Linear) and head.bias is None:  # fused: one logits chunk alive at a time
-            pulled = None if denominator is None else targets != -100
-            return chunked_head_loss(hidden, head.weight, targets, self.head_chunk, factor, pulled) / mean_of
-
-        def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            logits = head(h).float()
-            if factor:
-                logits = _L2Wrap.apply(logits, factor, None if denominator is None else t != -100)
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), reduction="sum")
-
-        step = max(1, self.head_chunk // B)
-        total = sum(
-            checkpoint(piece, hidden[:, i : i + step], targets[:, i : i + step], use_reentrant=False)
-            for i in range(0, T, step)
-        )
-        return total / mean_of
+        # The model's head is a bias-free nn.Linear (peft never targets it): fused with the loss
+        pulled = None if denominator is None else targets != IGNORE
+        return chunked_head_loss(hidden, head.weight, targets, self.head_chunk, factor, pulled) / mean_of
 
     def loss_from_logits(
         self,
