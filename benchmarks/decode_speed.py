@@ -60,6 +60,7 @@ PRESETS = {"finch-l12-d768": "finch-l12-d768", "eagle-l24-d1024": "eagle-0.4b"}
 PACKAGE = ("rwkv cpu fp32", "rwkv cpu bf16", "rwkv cpu fp32i8")
 OURS = (
     "eaglefinch exact fp32",
+    "eaglefinch exact fp32 transposed",
     "eaglefinch exact bf16",
     "eaglefinch fp16 weights",
     "eaglefinch int8 weights",
@@ -247,6 +248,8 @@ def run_preset(label: str, preset: str, args, bandwidths: dict) -> dict:
     del state_dict
     decoders = {
         "eaglefinch exact fp32": DecodeModel(fp32),
+        # the default fp32 layout before "onednn" became the default, for the comparison
+        "eaglefinch exact fp32 transposed": DecodeModel(fp32, layout="transposed"),
         "eaglefinch exact bf16": DecodeModel(bf16),
         "eaglefinch fp16 weights": DecodeModel(fp32, weights="fp16"),
         "eaglefinch int8 weights": DecodeModel(fp32, weights="int8"),

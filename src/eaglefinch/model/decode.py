@@ -56,8 +56,11 @@ class Linear:
     * ``"linear"``: ``F.linear`` on the model's own tensor (no copy; the model's layout).
     * ``"transposed"``: a contiguous (in, out) copy read by ``x @ W_t``; on CPU, MKL's fp32 row-vector
       product reads this layout faster than ``F.linear`` reads (out, in) (benchmarks/decode_speed.py).
-    * ``"onednn"``: bf16 weights reordered once into oneDNN's blocked layout (CPUs with AVX512-BF16 or
-      AMX): the same product as ``F.linear`` in bf16, bitwise, without its per-call reorder.
+    * ``"onednn"``: fp32 weights, or bf16 weights on CPUs with AVX512-BF16 or AMX, reordered once into
+      oneDNN's blocked layout. In bf16, the same product as ``F.linear``, bitwise, without its
+      per-call reorder; in fp32, a different order of summation. On CPU this is the fastest exact
+      layout at every batch size, and by far for batches: MKL's fp32 product of a few rows
+      repacks the whole matrix on every call (benchmarks/decode_speed.py, batched).
     * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
     * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
       (``aten._weight_int8pack_mm``), bf16 activations.
@@ -115,6 +118,13 @@ class Linear:
         return n * self.weight.element_size()
 
 
+def onednn_layout_available(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the "onednn" layout can hold this dtype's matrices on this device."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and onednn_bf16_available())
+
+
 def onednn_bf16_available() -> bool:
     """Whether oneDNN has native bf16 products here (AVX512-BF16 or AMX): the "onednn" layout."""
     try:
@@ -145,10 +155,10 @@ def default_layout(dtype: torch.dtype, device: torch.device, matrix_bytes: int =
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
         if 2 * matrix_bytes > available_memory_bytes():
             return "linear"
+        if onednn_layout_available(dtype, device):
+            return "onednn"
         if dtype == torch.float32:
             return "transposed"
-        if onednn_bf16_available():
-            return "onednn"
     return "linear"
 
 
@@ -303,8 +313,10 @@ class DecodeModel:
             )
         if layout is not None and layout not in LAYOUTS:
             raise ConfigError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
-        if layout == "onednn" and not (model.dtype == torch.bfloat16 and onednn_bf16_available()):
-            raise ConfigError("layout 'onednn' needs a bf16 model and a CPU with bf16 instructions")
+        if layout == "onednn" and not onednn_layout_available(model.dtype, model.device):
+            raise ConfigError(
+                "layout 'onednn' needs a CPU model in float32, or in bf16 on a CPU with bf16 instructions"
+            )
         self.config = model.config
         self.weights = weights
         self.dtype, self.device = model.dtype, model.device
