@@ -8,6 +8,33 @@ from torch import nn
 from eaglefinch.config import RWKVConfig
 
 
+class SquaredReLU(torch.autograd.Function):
+    """``relu(z) ** 2`` that keeps only its output for the backward.
+
+    Plain autograd keeps ``relu(z)`` (for the square) beside the output, which the value projection
+    keeps anyway: one (B, T, dim_ffn) tensor per layer, the largest of the block. The gradient
+    ``2 relu(z)`` is recovered as ``2 sqrt(out)``, which gives back ``relu(z)`` to within one unit
+    in the last place (tests/model/test_channel_mix.py).
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(z).square()
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * 2 * out.sqrt()
+
+
+def squared_relu(z: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and z.requires_grad:
+        return SquaredReLU.apply(z)
+    return torch.relu(z).square()
+
+
 class ChannelMix(nn.Module):
     """Token-shifted squared-ReLU feed-forward with a sigmoid receptance gate.
 
@@ -38,7 +65,7 @@ class ChannelMix(nn.Module):
         else:
             xk = xx + (sx - xx) * self.time_maa_k
             xr = xx + (sx - xx) * self.time_maa_r
-        k = torch.relu(self.key(xk)).square()
+        k = squared_relu(self.key(xk))
         # The new shift is copied out: a view would keep the whole (B, T, C) input alive as long as
         # the state, through every layer of the forward.
         return torch.sigmoid(self.receptance(xr)) * self.value(k), xx[:, -1].clone()
