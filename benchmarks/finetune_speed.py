@@ -63,7 +63,8 @@ def _rss_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def worker(spec: dict) -> dict:
+def build(spec: dict):
+    """What ``eaglefinch finetune`` builds for ``spec``: (model, loss module, optimiser or None, config)."""
     import torch
 
     from eaglefinch import RWKV, RWKVConfig
@@ -88,6 +89,13 @@ def worker(spec: dict) -> dict:
         module = LossModule(adapted.model, 1e-4, adapted.initial_state, head_chunk=spec["head_chunk"])
         optimizer = make_optimizer(module, 1e-4, weight_decay=0.0)
         set_lr(optimizer, 1e-4)
+    return model, module, optimizer, config
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    model, module, optimizer, config = build(spec)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     gen = torch.Generator().manual_seed(1)
     data = torch.randint(1, config.vocab_size, (1, spec["ctx"] + 1), generator=gen)

@@ -126,7 +126,7 @@ def onednn_layout_available(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def onednn_bf16_available() -> bool:
-    """Whether oneDNN has native bf16 products here (AVX512-BF16 or AMX): the "onednn" layout."""
+    """Whether oneDNN has native bf16 products here (AVX512-BF16 or AMX): the bf16 "onednn" layout."""
     try:
         return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):

@@ -251,11 +251,11 @@ class LossModule(nn.Module):
                 B, T = targets.shape
                 logits = _L2Wrap.apply(logits, self.l2wrap / (B * T) * l2_scale)
             else:  # on the trained positions only, so that padding changes nothing
-                logits = _L2Wrap.apply(logits, self.l2wrap / denominator * l2_scale, targets != -100)
+                logits = _L2Wrap.apply(logits, self.l2wrap / denominator * l2_scale, targets != IGNORE)
         flat, logits = targets.reshape(-1), logits.reshape(-1, logits.shape[-1])
         if denominator is not None:
             return F.cross_entropy(logits, flat, reduction="sum") / denominator
-        if not torch.compiler.is_compiling() and bool((flat == -100).all()):
+        if not torch.compiler.is_compiling() and bool((flat == IGNORE).all()):
             return logits.sum() * 0.0  # nothing to learn here (every target masked): zero, not NaN
         return F.cross_entropy(logits, flat)
 
@@ -370,7 +370,7 @@ def evaluate(
     for inputs, targets in windows.val_batches(batch_size, max_batches):
         with _autocast(device, amp):
             loss = module(inputs.to(device), targets.to(device))
-        trained = int((targets != -100).sum())  # padding and prompts of chat examples carry no loss
+        trained = int((targets != IGNORE).sum())  # padding and prompts of chat examples carry no loss
         total += loss.item() * trained
         count += trained
     module.train(was_training)
