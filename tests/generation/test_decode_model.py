@@ -260,3 +260,43 @@ def test_fp16_lossless_flag():
     w[1, 1] = 1e5  # above fp16's largest value
     assert not Linear(w, "fp16").lossless
     assert not Linear(torch.randn(16, 8), "fp16").lossless  # fp32 weights have 24 significant bits
+
+
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_prefill_through_the_packed_matrices_is_close_to_float64(case, build_model, relative_error):
+    """A prompt's products through the decoder's oneDNN matrices: as close to float64 as the model's own."""
+    from eaglefinch.generation.context import prefill
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("needs oneDNN (torch's CPU build)")
+    model = build_model(CASES[case])
+    tokens = torch.randint(0, 300, (70,), generator=torch.Generator().manual_seed(5)).tolist()
+    with torch.no_grad():
+        reference, _ = model.double()(torch.tensor([tokens]))
+    model.float()
+    decoder = DecodeModel(model, layout="onednn")
+    plain = prefill(model, tokens)
+    packed = prefill(model, tokens, decoder=decoder)
+    assert relative_error(plain.logits, reference[:, -1]) < 1e-5
+    assert relative_error(packed.logits, reference[:, -1]) < 1e-5
+    assert 0 < relative_error(packed.logits, plain.logits) < 1e-5  # really another product
+    assert relative_error(packed.state.wkv, plain.state.wkv) < 1e-5
+    # the model's layers are back to their own products afterwards
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_packed_products_apply_only_to_their_own_model_and_exact_matrices(build_model):
+    from eaglefinch.generation.context import prefill
+
+    model, other = build_model(CASES["finch"]), build_model(CASES["finch"])
+    tokens = list(range(1, 40))
+    plain = prefill(other, tokens)
+    # a decoder packed from another model, or one whose matrices are not the model's: no change
+    for decoder in (DecodeModel(model, layout="onednn"), DecodeModel(other, layout="linear")):
+        assert torch.equal(prefill(other, tokens, decoder=decoder).logits, plain.logits)
+    # with gradients on (training), the model keeps its own differentiable products
+    decoder = DecodeModel(other, layout="onednn")
+    x = torch.randn(3, 128, requires_grad=True)
+    with torch.enable_grad(), decoder.products_for(other):
+        other.blocks[0].att.key(x).sum().backward()
+    assert x.grad is not None

@@ -136,14 +136,23 @@ def _sorted_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.stack(out)[:, None]
 
 
-@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999, 0.99999])
 def test_top_p_threshold_equals_a_full_sort(top_p):
-    """Peaked rows (nucleus within the first 1024) and flat rows (beyond it) in one batch."""
+    """Peaked rows (a few tokens hold the nucleus), flat rows (most of the vocabulary), rows of
+    many tied values, a one-hot row with exact zeros, and a small vocabulary, in one batch each."""
     g = torch.Generator().manual_seed(0)
-    peaked = torch.randn(3, 65536, generator=g) * 4
-    flat = torch.randn(2, 65536, generator=g) * 0.1
-    probs = torch.softmax(torch.cat([peaked, flat]), dim=-1)
-    assert torch.equal(top_p_threshold(probs, top_p), _sorted_threshold(probs, top_p))
+    for scale, V in [(4.0, 65536), (0.1, 65536), (1.0, 3000), (8.0, 50)]:
+        logits = torch.randn(4, V, generator=g) * scale
+        logits[1] = logits[1].round()  # many ties, all in one bin
+        logits[2] = float("-inf")
+        logits[2, 7] = 0.0  # all mass on one token, the rest exactly zero
+        probs = torch.softmax(logits, dim=-1)
+        assert torch.equal(top_p_threshold(probs, top_p), _sorted_threshold(probs, top_p)), (scale, V)
+
+
+def test_top_p_threshold_on_a_uniform_row_keeps_what_a_sort_keeps():
+    probs = torch.full((2, 1000), 1e-3)
+    assert torch.equal(top_p_threshold(probs, 0.5), _sorted_threshold(probs, 0.5))
 
 
 def test_draw_never_picks_a_token_of_zero_probability():

@@ -56,7 +56,7 @@ class Chat:
         system = system.strip()
         self.start = Context.empty(model)
         if system:
-            self.start = prefill(model, tokenizer.encode(system + "\n\n"), self.start)
+            self.start = prefill(model, tokenizer.encode(system + "\n\n"), self.start, decoder=decoder)
         self.context = self.start.clone()
 
     def reset(self) -> None:
@@ -66,7 +66,7 @@ class Chat:
         """Add the user's message, stream the reply to ``out``, and keep the state after it."""
         message = message.strip().replace("\r\n", "\n").replace("\n\n", "\n")
         turn = f"{self.user}: {message}\n\n{self.assistant}:"
-        before = prefill(self.model, self.tokenizer.encode(turn), self.context)
+        before = prefill(self.model, self.tokenizer.encode(turn), self.context, decoder=self.decoder)
         generation = Generation(
             self.model,
             self.tokenizer,
@@ -90,7 +90,9 @@ class Chat:
         else:
             # the reply ended otherwise (length, a stop token, a stop string inside a token): the
             # state continues from the reply as shown, followed by the turn separator
-            self.context = prefill(self.model, self.tokenizer.encode(reply + "\n\n"), before)
+            self.context = prefill(
+                self.model, self.tokenizer.encode(reply + "\n\n"), before, decoder=self.decoder
+            )
         return reply
 
     def command(self, line: str, out) -> bool:

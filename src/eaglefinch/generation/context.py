@@ -7,8 +7,10 @@ continuations, saved to a file (``eaglefinch.generation.states``) or kept in a `
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +18,9 @@ from eaglefinch.errors import ConfigError, StateError
 from eaglefinch.generation.prefix_cache import PrefixCache
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
+
+if TYPE_CHECKING:
+    from eaglefinch.model.decode import DecodeModel
 
 # Prefill runs the model on pieces of at most this many tokens (a multiple of the WKV chunk, 64),
 # which bounds the activation memory of very long prompts without changing the result.
@@ -77,13 +82,23 @@ class Context:
         return cls(model.zero_state(batch_size), None, [[] for _ in range(batch_size)])
 
 
-def _run(model: RWKV, tokens: Sequence[int], state: RWKVState | None) -> tuple[torch.Tensor, RWKVState]:
+def _products(model: RWKV, decoder: DecodeModel | None):
+    """The context that runs the model's products through the decoder's packed matrices, if any."""
+    return contextlib.nullcontext() if decoder is None else decoder.products_for(model)
+
+
+def _run(
+    model: RWKV, tokens: Sequence[int], state: RWKVState | None, decoder: DecodeModel | None = None
+) -> tuple[torch.Tensor, RWKVState]:
     """Feed ``tokens`` (one row) in pieces; return (last logits (1, V), state)."""
     logits = None
-    for start in range(0, len(tokens), PREFILL_PIECE):
-        piece = torch.tensor([tokens[start : start + PREFILL_PIECE]], dtype=torch.long, device=model.device)
-        out, state = model(piece, state, last_only=True)
-        logits = out[:, -1]
+    with _products(model, decoder):
+        for start in range(0, len(tokens), PREFILL_PIECE):
+            piece = torch.tensor(
+                [tokens[start : start + PREFILL_PIECE]], dtype=torch.long, device=model.device
+            )
+            out, state = model(piece, state, last_only=True)
+            logits = out[:, -1]
     return logits, state
 
 
@@ -94,12 +109,15 @@ def prefill(
     context: Context | None = None,
     *,
     cache: PrefixCache | None = None,
+    decoder: DecodeModel | None = None,
 ) -> Context:
     """Process ``tokens`` (after ``context``, if given) and return the one-row context after them.
 
     The model's default WKV mode runs the prompt through the chunked kernel. With a ``cache``, the
     longest cached prefix of the whole token history is reused, and states along the way are stored
-    (every ``cache.stride`` tokens and at the end) for later prompts sharing a prefix.
+    (every ``cache.stride`` tokens and at the end) for later prompts sharing a prefix. With the
+    ``decoder`` that will continue the text, the prompt's products use its packed matrices where
+    they hold the model's weights (``DecodeModel.products_for``): faster, equal to rounding.
     """
     if context is None:
         context = Context.empty(model)
@@ -117,14 +135,14 @@ def prefill(
             raise ConfigError("nothing to process: the prompt is empty and there is no earlier context")
         return Context(state.clone(), logits.clone(), [history])
     if cache is None:
-        logits, state = _run(model, history[done:], state)
+        logits, state = _run(model, history[done:], state, decoder)
     else:
         # stop at every multiple of the stride, so that prompts sharing a prefix find a state there
         cuts = list(range((done // cache.stride + 1) * cache.stride, len(history), cache.stride)) + [
             len(history)
         ]
         for cut in cuts:
-            logits, state = _run(model, history[done:cut], state)
+            logits, state = _run(model, history[done:cut], state, decoder)
             done = cut
             cache.insert(model, history[:cut], state, logits)
     return Context(state.clone() if cache is not None else state, logits.clone(), [history])
@@ -136,8 +154,10 @@ def prefill_batch(
     token_lists: Sequence[Sequence[int]],
     *,
     cache: PrefixCache | None = None,
+    decoder: DecodeModel | None = None,
 ) -> Context:
-    """One context row per prompt, each exactly what the prompt gives alone.
+    """One context row per prompt, each exactly what the prompt gives alone (``decoder``: as for
+    ``prefill``).
 
     Prompts of equal length are run together as one batch (no padding is ever needed); with a
     cache, each prompt goes through ``prefill`` on its own to reuse cached prefixes.
@@ -147,7 +167,7 @@ def prefill_batch(
     rows: list[Context | None] = [None] * len(token_lists)
     if cache is not None:
         for i, tokens in enumerate(token_lists):
-            rows[i] = prefill(model, tokens, cache=cache)
+            rows[i] = prefill(model, tokens, cache=cache, decoder=decoder)
         return Context.cat(rows)
     groups: dict[int, list[int]] = {}
     for i, tokens in enumerate(token_lists):
@@ -158,12 +178,13 @@ def prefill_batch(
         batch = [list(map(int, token_lists[i])) for i in indices]
         state, logits = None, None
         length = len(batch[0])
-        for start in range(0, length, PREFILL_PIECE):
-            piece = torch.tensor(
-                [t[start : start + PREFILL_PIECE] for t in batch], dtype=torch.long, device=model.device
-            )
-            out, state = model(piece, state, last_only=True)
-            logits = out[:, -1]
+        with _products(model, decoder):
+            for start in range(0, length, PREFILL_PIECE):
+                piece = torch.tensor(
+                    [t[start : start + PREFILL_PIECE] for t in batch], dtype=torch.long, device=model.device
+                )
+                out, state = model(piece, state, last_only=True)
+                logits = out[:, -1]
         for j, i in enumerate(indices):
             rows[i] = Context(state.select(j), logits[j : j + 1].clone(), [batch[j]])
     return Context.cat(rows)

@@ -213,6 +213,7 @@ def _prepare(
     *,
     context: Context | None,
     cache: PrefixCache | None,
+    decoder: DecodeModel | None = None,
 ) -> tuple[Context, bool]:
     """Prefill the prompt(s); return the context and whether a single prompt (not a list) was given."""
     single = isinstance(prompt, str)
@@ -230,10 +231,11 @@ def _prepare(
                 f"the context has {context.batch_size} rows but {len(prompts)} prompts were given"
             )
         rows = [
-            prefill(model, tokens, context.select(i), cache=cache) for i, tokens in enumerate(token_lists)
+            prefill(model, tokens, context.select(i), cache=cache, decoder=decoder)
+            for i, tokens in enumerate(token_lists)
         ]
         return Context.cat(rows), single
-    return prefill_batch(model, token_lists, cache=cache), single
+    return prefill_batch(model, token_lists, cache=cache, decoder=decoder), single
 
 
 def _sampling(kwargs: dict) -> SamplingConfig:
@@ -257,7 +259,9 @@ def start(
     **sampling,
 ) -> Generation:
     """Prefill and return the ``Generation`` (not yet run); arguments as for ``generate``."""
-    ctx, _ = _prepare(model, tokenizer, prompt, context=context, cache=cache)
+    if decoder is None:
+        decoder = get_decoder(model)
+    ctx, _ = _prepare(model, tokenizer, prompt, context=context, cache=cache, decoder=decoder)
     return Generation(
         model,
         tokenizer,

@@ -32,7 +32,9 @@ embedding as the official package does, which would copy a (V, C) matrix to save
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -337,6 +339,17 @@ class DecodeModel:
             self.ln_out = model.ln_out
             self.head = Linear(model.head.weight, kind)
         self._tuned_state = model.zero_state(1) if self.config.time_state else None
+        # The model's own nn.Linear layers with this decoder's oneDNN matrices, for prefill (see
+        # ``products_for``); only where those matrices hold the model's weights (exact weights).
+        self._products: list[tuple[torch.nn.Linear, Linear]] = []
+        if kind == "onednn":
+            for block, layer in zip(model.blocks, self.layers, strict=True):
+                att, ffn = block.att, block.ffn
+                modules = (att.receptance, att.key, att.value, att.gate, att.output, ffn.key)
+                modules += (ffn.receptance, ffn.value)
+                self._products += zip(modules, layer.matrices(), strict=True)
+            self._products.append((model.head, self.head))
+        self._packed_pointers = [module.weight.data_ptr() for module, _ in self._products]
 
     def zero_state(self, batch_size: int = 1) -> RWKVState:
         """The initial state (the checkpoint's tuned ``time_state`` where it has one)."""
@@ -344,6 +357,30 @@ class DecodeModel:
         if self._tuned_state is not None:
             state.wkv[:] = self._tuned_state.wkv
         return state
+
+    @contextlib.contextmanager
+    def products_for(self, model: RWKV) -> Iterator[None]:
+        """Within this context, ``model``'s projections and head multiply by this decoder's matrices.
+
+        A prompt of tens to hundreds of tokens is a product of a few rows per matrix, where oneDNN's
+        pre-packed fp32 matrices run about 1.5x faster than ``F.linear``, which repacks them on
+        every call (benchmarks/prefill_speed.py); in bf16 the product is bitwise the same. Nothing
+        changes unless this decoder holds the model's matrices in that layout (exact weights,
+        layout "onednn") and the model still has the weights it was packed from. Inference only:
+        the packed products have no gradient.
+        """
+        current = [module.weight.data_ptr() for module, _ in self._products]
+        packed_here = bool(self._products) and model.head is self._products[-1][0]
+        if not packed_here or current != self._packed_pointers or torch.is_grad_enabled():
+            yield
+            return
+        for module, matrix in self._products:
+            module.forward = matrix  # an instance attribute: nn.Module.__call__ finds it first
+        try:
+            yield
+        finally:
+            for module, _ in self._products:
+                del module.forward
 
     @property
     def lossless(self) -> bool:

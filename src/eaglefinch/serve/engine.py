@@ -269,7 +269,7 @@ class Engine:
                 self.stats.requests_cancelled += 1
                 continue
             try:
-                context = prefill(self.model, request.prompt_tokens, cache=self.cache)
+                context = prefill(self.model, request.prompt_tokens, cache=self.cache, decoder=self.decoder)
             except EaglefinchError as error:
                 request.emit(Event("error", str(error)))
                 continue
