@@ -115,6 +115,7 @@ def test_fp32_packed_layouts_are_close_to_float64(case, layout, batch, build_mod
     model.float()
     a = DecodeModel(model, layout="linear")
     b = DecodeModel(model, layout=layout)
+    assert b.layers[0].regrouped_state_math and not a.layers[0].regrouped_state_math
     la = run_steps(a.step, a.zero_state(batch), tokens)
     lb = run_steps(b.step, b.zero_state(batch), tokens)
     assert relative_error(la, reference) < 1e-5
