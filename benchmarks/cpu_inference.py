@@ -9,7 +9,8 @@ bf16 weights (as the released models), at 1 and 2 threads:
   reference); llama.cpp with f16 and q8_0 files (Finch only: llama.cpp has no RWKV-5 graph). Each
   also as a share of the read-bandwidth limit (bytes of weights per token against a large-buffer
   read measured in the same run);
-* prefill of 512 and 2048 tokens, seconds: eaglefinch's chunked forward (fp32 and bf16 models), the
+* prefill of 512 and 2048 tokens, seconds: eaglefinch's chunked forward (fp32 and bf16 models, with
+  the products of the exact decoder's packed matrices, as ``generate`` prefills), the
   package's sequence forward (``cpu fp32``, ``cpu bf16``), llama.cpp's batched eval (f16, q8_0).
 
 Decode contenders run in interleaved rounds (every round times each once, the order rotating), so a
@@ -101,6 +102,11 @@ def run_preset(label: str, args, bandwidths: dict, tmp: Path) -> dict:
     bf16 = model_from_state_dict(state_dict, dtype=torch.bfloat16)
     fp32 = model_from_state_dict(state_dict, dtype=torch.float32)
     decoders = {name: DecodeModel(bf16 if w == "exact" else fp32, weights=w) for name, w in OURS.items()}
+    # prefill: each model's exact decoder lends its packed matrices, as in eaglefinch.generate
+    prefill_runs = [
+        ("eaglefinch fp32", fp32, DecodeModel(fp32)),
+        ("eaglefinch bf16", bf16, decoders["exact"]),
+    ]
     ggufs: dict[str, Path] = {}
     llama_note = None
     if config.version != "6.0":
@@ -151,13 +157,14 @@ def run_preset(label: str, args, bandwidths: dict, tmp: Path) -> dict:
         for T, prompt in prompts.items():
             rows = {}
             with torch.no_grad():
-                for name, model in (("eaglefinch fp32", fp32), ("eaglefinch bf16", bf16)):
-                    model(prompt[None, :64], last_only=True)  # warm
-                    runs = []
-                    for _ in range(args.prefill_repeats):
-                        t = time.perf_counter()
-                        model(prompt[None], last_only=True)
-                        runs.append(time.perf_counter() - t)
+                for name, model, decoder in prefill_runs:
+                    with decoder.products_for(model):  # as generate's prefill runs the prompt
+                        model(prompt[None, :64], last_only=True)  # warm
+                        runs = []
+                        for _ in range(args.prefill_repeats):
+                            t = time.perf_counter()
+                            model(prompt[None], last_only=True)
+                            runs.append(time.perf_counter() - t)
                     rows[name] = min(runs)
             for s, m in package.items():
                 t = time.perf_counter()
@@ -188,7 +195,7 @@ def run_preset(label: str, args, bandwidths: dict, tmp: Path) -> dict:
         result["prefill"][key] = prefill
         for runner in llamas.values():
             runner.close()
-    del package, decoders, fp32, bf16
+    del package, decoders, prefill_runs, fp32, bf16
     gc.collect()
     return result
 
