@@ -101,6 +101,7 @@ def check_device(device: str) -> str:
 
 def load_model(args: argparse.Namespace) -> tuple[RWKV, DecodeModel]:
     """The model and its decoder, as the command-line options ask."""
+    from eaglefinch.allocator import keep_freed_memory
     from eaglefinch.checkpoint import load
 
     device = check_device(args.device)
@@ -109,6 +110,7 @@ def load_model(args: argparse.Namespace) -> tuple[RWKV, DecodeModel]:
             "fp16 on CPU is slow and overflow-prone: use --dtype fp32 or bf16 (or --device cuda)"
         )
     progress = not args.no_progress and sys.stderr.isatty()
+    keep_freed_memory()  # these commands decode step after step: reuse freed blocks, do not fault them in
     model = load(args.model, dtype=args.dtype, device=device, progress=progress)
     return model, DecodeModel(model, weights=args.weights)
 
