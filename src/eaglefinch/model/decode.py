@@ -341,12 +341,15 @@ class DecodeModel:
             # Where the products already differ from the model's in summation order, the state's
             # arithmetic may too; the layouts that are bitwise the model's keep its exact operations.
             bitwise = kind == "linear" or (kind == "onednn" and self.dtype == torch.bfloat16)
+            # Finch's LoRA matrices (C x 160, C x 64, 64 x C) are so small that oneDNN's per-call
+            # setup costs more than the product itself: in fp32, MKL's transposed product has less
+            small = "transposed" if exact == "onednn" and self.dtype == torch.float32 else exact
             self.layers = [
                 _Layer(
                     block,
                     self.config.version,
                     lambda w: Linear(w, kind),
-                    lambda w: Linear(w, exact),
+                    lambda w: Linear(w, small),
                     regrouped_state_math=not bitwise,
                 )
                 for block in model.blocks
