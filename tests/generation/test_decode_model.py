@@ -297,9 +297,16 @@ def test_packed_products_apply_only_to_their_own_model_and_exact_matrices(build_
     # a decoder packed from another model, or one whose matrices are not the model's: no change
     for decoder in (DecodeModel(model, layout="onednn"), DecodeModel(other, layout="linear")):
         assert torch.equal(prefill(other, tokens, decoder=decoder).logits, plain.logits)
-    # with gradients on (training), the model keeps its own differentiable products
+    # without gradients the decoder's matrices take over the layers; with gradients on (training)
+    # the model keeps its own differentiable products, bitwise F.linear's
     decoder = DecodeModel(other, layout="onednn")
+    key = other.blocks[0].att.key
+    with torch.no_grad(), decoder.products_for(other):
+        assert "forward" in vars(key)
     x = torch.randn(3, 128, requires_grad=True)
     with torch.enable_grad(), decoder.products_for(other):
-        other.blocks[0].att.key(x).sum().backward()
+        assert "forward" not in vars(key)
+        y = key(x)
+    assert torch.equal(y, torch.nn.functional.linear(x, key.weight))
+    y.sum().backward()
     assert x.grad is not None

@@ -88,14 +88,14 @@ def _products(model: RWKV, decoder: DecodeModel | None):
 
 
 def _run(
-    model: RWKV, tokens: Sequence[int], state: RWKVState | None, decoder: DecodeModel | None = None
+    model: RWKV, rows: Sequence[Sequence[int]], state: RWKVState | None, decoder: DecodeModel | None
 ) -> tuple[torch.Tensor, RWKVState]:
-    """Feed ``tokens`` (one row) in pieces; return (last logits (1, V), state)."""
+    """Feed ``rows`` (token lists of one length) in pieces; return (last logits (B, V), state)."""
     logits = None
     with _products(model, decoder):
-        for start in range(0, len(tokens), PREFILL_PIECE):
+        for start in range(0, len(rows[0]), PREFILL_PIECE):
             piece = torch.tensor(
-                [tokens[start : start + PREFILL_PIECE]], dtype=torch.long, device=model.device
+                [row[start : start + PREFILL_PIECE] for row in rows], dtype=torch.long, device=model.device
             )
             out, state = model(piece, state, last_only=True)
             logits = out[:, -1]
@@ -135,14 +135,14 @@ def prefill(
             raise ConfigError("nothing to process: the prompt is empty and there is no earlier context")
         return Context(state.clone(), logits.clone(), [history])
     if cache is None:
-        logits, state = _run(model, history[done:], state, decoder)
+        logits, state = _run(model, [history[done:]], state, decoder)
     else:
         # stop at every multiple of the stride, so that prompts sharing a prefix find a state there
         cuts = list(range((done // cache.stride + 1) * cache.stride, len(history), cache.stride)) + [
             len(history)
         ]
         for cut in cuts:
-            logits, state = _run(model, history[done:cut], state, decoder)
+            logits, state = _run(model, [history[done:cut]], state, decoder)
             done = cut
             cache.insert(model, history[:cut], state, logits)
     return Context(state.clone() if cache is not None else state, logits.clone(), [history])
@@ -176,15 +176,7 @@ def prefill_batch(
         groups.setdefault(len(tokens), []).append(i)
     for indices in groups.values():
         batch = [list(map(int, token_lists[i])) for i in indices]
-        state, logits = None, None
-        length = len(batch[0])
-        with _products(model, decoder):
-            for start in range(0, length, PREFILL_PIECE):
-                piece = torch.tensor(
-                    [t[start : start + PREFILL_PIECE] for t in batch], dtype=torch.long, device=model.device
-                )
-                out, state = model(piece, state, last_only=True)
-                logits = out[:, -1]
+        logits, state = _run(model, batch, None, decoder)
         for j, i in enumerate(indices):
             rows[i] = Context(state.select(j), logits[j : j + 1].clone(), [batch[j]])
     return Context.cat(rows)

@@ -263,8 +263,8 @@ class _Layer:
             y = wkv_step_triton(*rkv, w.reshape(-1, H, N), self.u.view(H, N), wkv, w_is_log=False)
             y = y.view(B, H, 1, N)
         elif self.regrouped_state_math:
-            # r (u k^T v + S) regrouped as r S + (r . u k) v: no (B, H, N, N) temporaries, half the
-            # passes over the state, which at a batch of 16 is a tenth of a step's time
+            # r (u k^T v + S) regrouped as r S + (r . u k) v: no (B, H, N, N) temporaries and half
+            # the passes over the state, which grows with the batch
             y = torch.addcmul(r @ wkv, r @ (self.u * k), v)  # (B, H, 1, N)
             wkv.mul_(w).addcmul_(k, v)  # S = k^T v + diag(w) S, in place
         else:
@@ -381,8 +381,8 @@ class DecodeModel:
         """Within this context, ``model``'s projections and head multiply by this decoder's matrices.
 
         A prompt of tens to hundreds of tokens is a product of a few rows per matrix, where oneDNN's
-        pre-packed fp32 matrices run about 1.5x faster than ``F.linear``, which repacks them on
-        every call (benchmarks/prefill_speed.py); in bf16 the product is bitwise the same. Nothing
+        pre-packed matrices save the repacking that ``F.linear`` does on every call; in fp32 the
+        sums run in another order, in bf16 the product is bitwise the same. Nothing
         changes unless this decoder holds the model's matrices in that layout (exact weights,
         layout "onednn") and the model still has the weights it was packed from. Inference only:
         the packed products have no gradient.

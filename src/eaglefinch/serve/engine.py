@@ -144,12 +144,9 @@ class _BatchStates:
 
     def append(self, state: RWKVState) -> None:
         if self.buffer is None or self.n == self.buffer.batch_size:
-            rows = min(self.capacity, max(8, 2 * self.n))
+            rows = min(self.capacity, max(8, 2 * self.n))  # > n: the engine admits at most capacity
             grown = RWKVState(
-                **{
-                    name: t.new_zeros(t.shape[0], max(rows, self.n + 1), *t.shape[2:])
-                    for name, t in state.tensors().items()
-                }
+                **{name: t.new_zeros(t.shape[0], rows, *t.shape[2:]) for name, t in state.tensors().items()}
             )
             if self.buffer is not None:
                 for name, t in grown.tensors().items():
