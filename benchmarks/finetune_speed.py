@@ -3,7 +3,10 @@
 Each contender runs in its own fresh process (same allocator settings, same nice level) and builds
 what ``eaglefinch finetune`` builds for its ``--method`` (``finetune.methods.adapt``, the training
 loop's ``LossModule`` and ``make_optimizer``) around a Finch L12-D768 (World vocabulary), then times
-steps of batch 1 x context 1024 in fp32: forward + backward + gradient clipping + AdamW.
+steps of batch 1 x context 1024 in fp32: forward + backward + gradient clipping + AdamW. The
+model's weights are rounded to bfloat16 values first, as a released checkpoint holds them; lora and
+state tuning then keep their frozen weights in bfloat16 (``--frozen-dtype auto``, lossless for such
+weights, see ``eaglefinch.finetune.frozen``), and ``lora-r64-fp32-frozen`` keeps them in float32.
 
 * ``full``: every weight trained (the official parameter groups);
 * ``lora-r16``, ``lora-r64``: peft adapters on the time-mix and channel-mix projections;
@@ -46,6 +49,7 @@ METHODS = {
     "lora-r16": {"method": "lora", "rank": 16},
     "lora-r64": {"method": "lora", "rank": 64},
     "state": {"method": "state"},
+    "lora-r64-fp32-frozen": {"method": "lora", "rank": 64, "frozen": "fp32"},
 }
 # ``eaglefinch finetune``'s defaults (recomputed blocks, the head and loss 256 tokens at a time),
 # then every method with everything kept for the backward (``--no-grad-cp --head-chunk 0``).
@@ -68,7 +72,7 @@ def build(spec: dict):
     import torch
 
     from eaglefinch import RWKV, RWKVConfig
-    from eaglefinch.finetune.methods import adapt
+    from eaglefinch.finetune.methods import adapt, store_frozen_weights
     from eaglefinch.train.loop import LossModule, TrainConfig
     from eaglefinch.train.optim import make_optimizer, set_lr
 
@@ -76,6 +80,9 @@ def build(spec: dict):
     torch.manual_seed(0)
     config = RWKVConfig.preset("finch-l12-d768").replace(n_layer=spec["n_layer"])
     model = RWKV(config)
+    with torch.no_grad():
+        for param in model.parameters():  # the values a bf16 checkpoint holds
+            param.copy_(param.bfloat16())
     model.set_grad_checkpointing(spec["grad_cp"])
     method = spec["method"]
     if method == "forward-backward":
@@ -86,6 +93,8 @@ def build(spec: dict):
             lora_alpha=2.0 * spec.get("rank", 16),
         )  # fmt: skip
         adapted = adapt(model, method, options)
+        if method != "full":
+            store_frozen_weights(adapted, spec.get("frozen", "auto"))
         module = LossModule(adapted.model, 1e-4, adapted.initial_state, head_chunk=spec["head_chunk"])
         optimizer = make_optimizer(module, 1e-4, weight_decay=0.0)
         set_lr(optimizer, 1e-4)
@@ -181,6 +190,8 @@ def main() -> None:
         "peak_memory_vs_full_everything_kept": {
             n: by[n + "-kept"]["peak_rss_mb"] / by["full-kept"]["peak_rss_mb"] for n in tuned
         },
+        "lora-r64_frozen_in_fp32_vs_full": by["lora-r64-fp32-frozen"]["peak_rss_mb"]
+        / by["full"]["peak_rss_mb"],
         "state_step_vs_forward_backward": by["state"]["median_step_seconds"] / fb,
         "state_kept_step_vs_forward_backward": by["state-kept"]["median_step_seconds"] / fb,
         "step_vs_forward_backward": {n: r["median_step_seconds"] / fb for n, r in by.items()},

@@ -90,6 +90,14 @@ def register(subparsers) -> None:
         "ffn.key ffn.value ffn.receptance)",
     )
     method.add_argument(
+        "--frozen-dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="lora/state: how the weights that do not train are stored (computed in fp32 either way); "
+        "auto: in 16 bits where that is lossless, as for a bf16 checkpoint (default), fp32: as loaded, "
+        "bf16/fp16: rounded to 16 bits",
+    )
+    method.add_argument(
         "--tune-shift", action="store_true", help="state tuning: also learn the token-shift vectors"
     )
 
@@ -134,6 +142,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         lora_dropout=args.lora_dropout,
         lora_targets=tuple(args.lora_targets),
         tune_shift=args.tune_shift,
+        frozen_dtype=args.frozen_dtype,
         mask_prompt=args.mask_prompt,
     )
     if int(os.environ.get("RANK", "0")) == 0:

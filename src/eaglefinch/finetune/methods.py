@@ -19,6 +19,7 @@ from torch import nn
 
 from eaglefinch.errors import CheckpointError, ConfigError
 from eaglefinch.finetune import lora as lora_lib
+from eaglefinch.finetune.frozen import store_frozen
 from eaglefinch.finetune.state_tuning import NAMES, InitialState, save_tuned_state
 from eaglefinch.generation.states import weight_fingerprint
 from eaglefinch.model.rwkv import RWKV
@@ -55,6 +56,20 @@ def adapt(base: RWKV, method: str, config) -> Adapted:
         initial = InitialState(base, tune_shift=config.tune_shift)
         return Adapted(base, base, initial, None, weight_fingerprint(base))
     raise ConfigError(f"unknown method {method!r}: use full, lora or state")
+
+
+def store_frozen_weights(adapted: Adapted, dtype: str, sharded: bool = False) -> str:
+    """Keep the frozen weights of a lora or state run in 16 bits as ``dtype`` asks (see
+    ``finetune.frozen``); returns what was stored (``"97 weights in bfloat16"``) or ``""``."""
+    if sharded:  # FSDP shards each block as one flat tensor of one dtype
+        if dtype in ("bf16", "fp16"):
+            raise ConfigError(
+                f"--frozen-dtype {dtype} does not combine with --strategy fsdp; use --frozen-dtype fp32 "
+                "(or auto), or --strategy ddp"
+            )
+        return ""
+    counts = store_frozen(adapted.model, dtype)
+    return ", ".join(f"{n} weights in {name}" for name, n in counts.items())
 
 
 def strip_wrapper(name: str) -> str:

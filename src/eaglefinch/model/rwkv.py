@@ -68,7 +68,9 @@ class RWKV(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
+        # The head's: fine-tuning may keep the frozen embedding in 16 bits (finetune.frozen),
+        # while the model computes, and its states are kept, in this dtype.
+        return self.head.weight.dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -34,6 +34,7 @@ from eaglefinch.config import RWKVConfig, infer_config
 from eaglefinch.errors import CheckpointError, ConfigError
 from eaglefinch.finetune import methods
 from eaglefinch.finetune.data import IGNORE, ExampleBatches, is_example_file, read_examples
+from eaglefinch.finetune.frozen import CHOICES as FROZEN_CHOICES
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.train import distributed as D
 from eaglefinch.train.binidx import BinidxReader
@@ -93,6 +94,9 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = ()  # () = every time-mix and channel-mix projection
     tune_shift: bool = False  # state tuning also learns the two token-shift vectors
     mask_prompt: bool = True  # chat examples: loss on the assistant's replies only
+    # lora/state: the frozen weights' storage (finetune.frozen): auto keeps them in 16 bits where
+    # that is lossless (a bf16 checkpoint's), fp32 keeps them as loaded, bf16/fp16 round them
+    frozen_dtype: str = "auto"
     # memory (see RWKV.set_grad_checkpointing and LossModule.head_chunk)
     grad_cp: bool = False  # recompute each block's activations in the backward
     head_chunk: int = 0  # tokens per piece of the head and loss (0: all at once)
@@ -131,6 +135,10 @@ class TrainConfig:
             raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.method != "full" and not self.init_from:
             raise ConfigError(f"--method {self.method} fine-tunes a model: give the checkpoint (--model)")
+        if self.frozen_dtype not in FROZEN_CHOICES:
+            raise ConfigError(
+                f"unknown frozen_dtype {self.frozen_dtype!r}: use one of {', '.join(FROZEN_CHOICES)}"
+            )
         if self.strategy not in D.STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}: use one of {', '.join(D.STRATEGIES)}")
 
@@ -421,6 +429,12 @@ def _train(config: TrainConfig, model_config: RWKVConfig | None, info: D.DistInf
     if resume is not None and not full:
         methods.check_base(resume.meta().get("base"), model, str(out), config.init_from)
     layout = config.strategy if info.distributed else "ddp"  # how the optimizer state is keyed
+    if not full:  # after the base's identity is taken: it fingerprints the weights as loaded
+        stored = methods.store_frozen_weights(adapted, config.frozen_dtype, sharded=layout == "fsdp")
+        if stored and info.is_main:
+            log.info(
+                "frozen weights stored as %s, computed in %s", stored, str(model.dtype).removeprefix("torch.")
+            )
     if train_state is not None and train_state.get("strategy", "ddp") != layout:
         raise CheckpointError(
             f"{resume.dir} was written by an FSDP run; resume it with torchrun and --strategy fsdp"
