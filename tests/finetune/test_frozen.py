@@ -41,7 +41,7 @@ def loss_and_grads(method: str, frozen: str, seed: int = 0):
     stored = store_frozen_weights(adapted, frozen)
     module = LossModule(adapted.model, 1e-4, adapted.initial_state)
     gen = torch.Generator().manual_seed(1)
-    for name, param in module.named_parameters():
+    for param in module.parameters():
         if param.requires_grad:  # peft starts B at zero, the state at zero: give every trained tensor a value
             param.data.copy_(torch.randn(param.shape, generator=gen) * 0.05)
     loss = module(TOKENS, TARGETS)
