@@ -57,14 +57,21 @@ class FrozenEmbedding(nn.Embedding):
         return super().forward(tokens).to(self.compute_dtype)
 
 
+def _represents(weight: torch.Tensor, dtype: torch.dtype, chunk: int = 1 << 20) -> bool:
+    """Whether every value of ``weight`` is a ``dtype`` number (checked a chunk at a time, so that
+    the check of a 200 MB embedding costs a few MB)."""
+    flat = weight.reshape(-1)
+    return all(
+        torch.equal(flat[i : i + chunk].to(dtype).to(flat.dtype), flat[i : i + chunk])
+        for i in range(0, flat.numel(), chunk)
+    )
+
+
 def _lossless_dtype(weight: torch.Tensor, wanted: str) -> torch.dtype | None:
     """The 16-bit dtype to store ``weight`` in, or None to leave it."""
     if wanted != "auto":
         return None if DTYPES[wanted] == weight.dtype else DTYPES[wanted]
-    for dtype in (torch.bfloat16, torch.float16):
-        if torch.equal(weight.to(dtype).to(weight.dtype), weight):
-            return dtype
-    return None
+    return next((d for d in (torch.bfloat16, torch.float16) if _represents(weight, d)), None)
 
 
 def _candidates(model: nn.Module):
@@ -94,7 +101,13 @@ def store_frozen(model: nn.Module, dtype: str = "auto") -> dict[str, int]:
     counts: dict[str, int] = {}
     if dtype == "fp32":
         return counts
-    for parent, name, child in list(_candidates(model)):
+    # One weight at a time (no reference to the float32 ones kept, so each is freed once its
+    # copy is in place), smallest first: the embedding's copy is made when the rest is stored.
+    found = sorted(
+        (child.weight.numel(), id(child), parent, name) for parent, name, child in _candidates(model)
+    )
+    for *_, parent, name in found:
+        child = getattr(parent, name)
         target = _lossless_dtype(child.weight.detach(), dtype)
         if target is None:
             continue
