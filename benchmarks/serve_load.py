@@ -16,9 +16,11 @@ The baseline is the same work without a server: one request at a time through
 Usage::
 
     nice python benchmarks/serve_load.py                     # S = 40 s per level
-    nice python benchmarks/serve_load.py --seconds 10 --levels 1 4
+    nice python benchmarks/serve_load.py --seconds 10 --levels 1 4 --name serve_load_try
+    nice python benchmarks/serve_load.py --checkpoint-dtype bf16   # as released checkpoints are
 
-Writes ``benchmarks/results/serve_load.json`` and ``serve_load.png``.
+Writes ``benchmarks/results/serve_load.json`` and ``serve_load.png`` (``serve_load_bf16.*`` for a
+bf16 checkpoint, or ``--name``).
 """
 
 from __future__ import annotations
@@ -266,7 +268,8 @@ def plot(result: dict, path: Path) -> None:
     ax2.set_title("latency")
     env = result["environment"]
     fig.suptitle(
-        f"Finch L12-D768, weights {result['settings']['weights']}, {env['cpu']}, {env['cores']} cores"
+        f"{result['settings']['model'].split(',')[0]}, {result['settings']['model'].split(', ')[-1]}, "
+        f"weights {result['settings']['weights']}, {env['cpu']}, {env['cores']} cores"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -280,13 +283,20 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--weights", default="exact")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--checkpoint-dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the served checkpoint"
+    )
+    parser.add_argument("--name", help="results file name (default: serve_load, serve_load_bf16)")
     args = parser.parse_args()
+    name = args.name or "serve_load" + ("_bf16" if args.checkpoint_dtype == "bf16" else "")
 
     config = RWKVConfig("6.0", n_layer=12, n_embd=768, vocab_size=65536)
     next_prompt = prompt_source(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "finch-l12-d768.pth"
-        eaglefinch.save(model_from_state_dict(random_state_dict(config, seed=args.seed)), model_path)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.checkpoint_dtype]
+        weights = random_state_dict(config, seed=args.seed, dtype=dtype)
+        eaglefinch.save(model_from_state_dict(weights, dtype=dtype), model_path)
         baseline = run_baseline(model_path, args.weights, args.seconds, args.max_tokens, next_prompt)
         print(f"generate, one at a time: {baseline['tokens_per_s']:.1f} tok/s", flush=True)
         process, url = start_server(model_path, args.weights, max(args.levels), Path(tmp) / "server.log")
@@ -324,7 +334,7 @@ def main() -> int:
     result = {
         "benchmark": "serve_load",
         "settings": {
-            "model": "random Finch L12-D768, vocabulary 65536",
+            "model": f"random Finch L12-D768, vocabulary 65536, {args.checkpoint_dtype} checkpoint",
             "weights": args.weights,
             "seconds": args.seconds,
             "warmup": args.warmup,
@@ -338,9 +348,9 @@ def main() -> int:
         "levels": levels,
         "summary": summary,
     }
-    path = write_json("serve_load", result)
+    path = write_json(name, result)
     result = json.loads(path.read_text())
-    plot(result, RESULTS / "serve_load.png")
+    plot(result, RESULTS / f"{name}.png")
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")
     return 0
