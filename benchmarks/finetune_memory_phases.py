@@ -1,7 +1,7 @@
 """Where a fine-tuning step's peak memory goes: resident memory at each phase of two steps.
 
-For the contenders of ``benchmarks/finetune_speed.py`` (default: ``lora-r64``, the one whose goal
-is missed), each in a fresh process with that benchmark's memory-pass allocator settings, records
+For the contenders of ``benchmarks/finetune_speed.py`` (default: ``lora-r64``, the
+largest adapter), each in a fresh process with that benchmark's memory-pass allocator settings, records
 the resident set (``VmRSS``) after each phase and the peak within it (``VmHWM``, reset between
 phases through ``/proc/self/clear_refs``, Linux only): the imports, building the model, adapting it
 (``import peft`` and the adapters for LoRA), then forward, backward, optimiser step and
