@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from eaglefinch.errors import TokenizerError
-from eaglefinch.tokenizer import load_vocab, parse_vocab
+from eaglefinch.tokenizer import WorldTokenizer, load_vocab, parse_vocab
 
 BYTES_LINES = "".join(f"{b + 1} {bytes([b])!r} 1\n" for b in range(256))
 
@@ -85,3 +85,10 @@ def test_empty_and_missing_files(tmp_path):
     (tmp_path / "latin1.txt").write_bytes(b"1 '\xe9' 1\n")
     with pytest.raises(TokenizerError, match="not UTF-8"):
         load_vocab(tmp_path / "latin1.txt")
+
+
+def test_undefined_ids_are_the_model_outputs_the_reference_has_no_token_for(reference):
+    tok = WorldTokenizer()
+    defined = set(reference.idx2token) | {0}  # and end of text
+    assert set(tok.undefined_ids(65536)) == set(range(65536)) - defined == set(range(65530, 65536))
+    assert tok.undefined_ids(1000) == ()

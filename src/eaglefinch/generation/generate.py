@@ -24,7 +24,7 @@ from eaglefinch.generation.sampling import (
     penalty_weight,
     sample,
 )
-from eaglefinch.generation.text import TextStream, Tokenizer
+from eaglefinch.generation.text import TextStream, Tokenizer, undefined_ids
 from eaglefinch.model.decode import DecodeModel
 from eaglefinch.model.rwkv import RWKV
 
@@ -119,6 +119,7 @@ class Generation:
         logits = ctx.logits.to(self.decoder.device).clone()
         active = list(range(ctx.batch_size))
         generators = make_generators(cfg, len(active), self.decoder.device)
+        banned = (*cfg.banned_tokens, *undefined_ids(self.tokenizer, V))  # and ids no text holds
         penalties = None
         if cfg.has_penalties:
             penalties = Penalties(
@@ -130,7 +131,7 @@ class Generation:
                     self._finish(row, "length", state.select(j), logits[j : j + 1])
                 return
             scores = penalties.apply(logits) if penalties is not None else logits.clone()
-            tokens = sample(ban(scores, cfg.banned_tokens), cfg, generators).tolist()
+            tokens = sample(ban(scores, banned), cfg, generators).tolist()
             keep = []
             for j, (row, token) in enumerate(zip(active, tokens, strict=True)):
                 if token in self.stop_tokens:

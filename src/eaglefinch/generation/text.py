@@ -20,6 +20,13 @@ class Tokenizer(Protocol):
     def decode_bytes(self, tokens: Sequence[int]) -> bytes: ...
 
 
+def undefined_ids(tokenizer: Tokenizer, vocab_size: int) -> tuple[int, ...]:
+    """Ids a model of ``vocab_size`` outputs can give that ``tokenizer`` cannot decode (none
+    known for a tokenizer without ``undefined_ids``)."""
+    find = getattr(tokenizer, "undefined_ids", None)
+    return tuple(find(vocab_size)) if find is not None else ()
+
+
 class TextStream:
     """Per-row incremental decoder with stop strings.
 

@@ -44,7 +44,7 @@ from eaglefinch.generation.sampling import (
     filtered_probs,
     penalty_weight,
 )
-from eaglefinch.generation.text import TextStream, Tokenizer
+from eaglefinch.generation.text import TextStream, Tokenizer, undefined_ids
 from eaglefinch.model.decode import DecodeModel
 from eaglefinch.model.rwkv import RWKV
 from eaglefinch.model.state import RWKVState
@@ -212,6 +212,7 @@ class Engine:
         self.decoder = decoder if decoder is not None else DecodeModel(model)
         self.max_batch = max_batch
         self.cache = cache
+        self._undefined = undefined_ids(tokenizer, model.config.vocab_size)  # never sampled
         self.stats = EngineStats()
         self._waiting: queue.Queue[Request] = queue.Queue()
         self._rows: list[_Row] = []
@@ -360,7 +361,7 @@ class Engine:
                 )
             else:
                 scores = scores.clone()
-            scores = ban(scores, cfg.banned_tokens)
+            scores = ban(scores, (*cfg.banned_tokens, *self._undefined))
             if cfg.greedy:
                 picked = scores.argmax(dim=-1).tolist()
             else:

@@ -96,6 +96,7 @@ class WorldTokenizer:
         self._encoder = encoder if encoder is not None else GreedyEncoder(vocab)
         self._decoder = Decoder(vocab)
         self._id_of: dict[bytes, int] | None = None  # built on first use
+        self._undefined: dict[int, tuple[int, ...]] = {}  # undefined_ids by model vocabulary size
 
     def __getstate__(self) -> dict:
         return {"vocab": self.vocab, "vocab_path": self._vocab_path}
@@ -235,6 +236,20 @@ class WorldTokenizer:
         if piece is None:
             raise TokenizerError(f"id {token_id} is not in the vocabulary")
         return piece
+
+    def undefined_ids(self, vocab_size: int) -> tuple[int, ...]:
+        """The ids below ``vocab_size`` (a model's output size) that this vocabulary does not define.
+
+        World models have 65,536 outputs for 65,529 tokens (and id 0): a model gives the other ids
+        some probability, untrained ones more than a little, and no text holds them, so generation
+        never samples them.
+        """
+        cached = self._undefined.get(vocab_size)
+        if cached is None:
+            by_id = self.vocab.by_id
+            cached = tuple(i for i in range(vocab_size) if i >= len(by_id) or by_id[i] is None)
+            self._undefined[vocab_size] = cached
+        return cached
 
     def bytes_to_id(self, piece: bytes | str) -> int:
         """The id of a token given as its bytes (or text)."""
