@@ -19,6 +19,8 @@ Each row draws from its own ``torch.Generator``, so a row's tokens depend only o
 
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -182,9 +184,9 @@ def top_p_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     every bin (one scatter over the row) says which bin the cut falls in and how much lies above
     it; only that bin's few values are then sorted, to find the exact position.
     """
-    B = probs.shape[0]
+    B, V = probs.shape
     p = probs.float().contiguous()
-    bins = (p.view(torch.int32) >> _BIN_SHIFT).long()
+    bins = _high_bits(p).long()
     n_bins = int(bins.max()) + 1
     mass = torch.zeros(B, n_bins, dtype=torch.float64, device=p.device).scatter_add_(1, bins, p.double())
     # cumulative mass from the highest bin down; the cut is in the first bin whose total reaches top_p
@@ -193,19 +195,35 @@ def top_p_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     j = reached.byte().argmax(-1)
     above = torch.where(j > 0, reached_bins.gather(1, (j - 1).clamp_min(0)[:, None])[:, 0], 0.0)
     in_cut_bin = bins == (n_bins - 1 - j)[:, None]
-    count = in_cut_bin.sum(-1)
+    count = torch.count_nonzero(in_cut_bin, dim=-1)
     k = int(count.max())
-    values = torch.where(in_cut_bin, p, -1.0).topk(k, dim=-1).values  # the cut bin, descending
+    # the cut bin's values of each row, descending, padded with -1 to (B, k): the few values are
+    # picked out and sorted, not the whole row
+    picked = p[in_cut_bin]
+    row = torch.repeat_interleave(torch.arange(B, device=p.device), count)
+    order = torch.argsort(picked, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    starts = torch.cumsum(count, 0) - count
+    position = torch.arange(picked.numel(), device=p.device) - starts[row]
+    values = p.new_full((B, k), -1.0)
+    values[row, position] = picked[order]
     cumulative = (above[:, None] + values.clamp_min(0).double().cumsum(-1)).float()
     hit = (cumulative >= top_p) & (torch.arange(k, device=p.device) < count[:, None])
     index = torch.where(hit.any(-1), hit.byte().argmax(-1), count - 1)
     threshold = values.gather(1, index[:, None])
     # round-off can leave the total just under top_p: then everything is kept, as a sort would
-    return torch.where(reached.any(-1, keepdim=True), threshold, p.amin(-1, keepdim=True))
+    reached_any = reached.any(-1, keepdim=True)
+    if bool(reached_any.all()):
+        return threshold
+    return torch.where(reached_any, threshold, p.amin(-1, keepdim=True))
 
 
-# float32 bits: 1 sign, 8 exponent, 23 mantissa; dropping 16 keeps 7 mantissa bits per bin
-_BIN_SHIFT = 16
+def _high_bits(p: torch.Tensor) -> torch.Tensor:
+    """The top 16 bits of each float32 (1 sign, 8 exponent, 7 of the 23 mantissa bits): read in
+    place as the high int16 of each value where the machine is little-endian."""
+    if sys.byteorder == "little":
+        return p.view(torch.int16)[:, 1::2]
+    return p.view(torch.int32) >> 16
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
@@ -222,8 +240,12 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> t
     cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
     index = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
     # round-off can point one past the last token of nonzero probability: take that token instead
+    # (checked first: a token of nonzero probability is never past the last one)
+    V = probs.shape[-1]
+    if bool((probs.gather(1, index.clamp(max=V - 1).unsqueeze(-1)) > 0).all()) and int(index.max()) < V:
+        return index
     positive = probs > 0
-    last = probs.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
+    last = V - 1 - positive.flip(-1).int().argmax(dim=-1)
     return torch.minimum(index, last)
 
 

@@ -349,7 +349,7 @@ class Engine:
             if not row.closing:
                 groups.setdefault(row.sampling, []).append(j)
         for cfg, rows in groups.items():
-            scores = self._logits[rows]
+            scores = self._logits[rows]  # a copy (indexed by a list): the rows' logits stay as they are
             if any(self._rows[j].penalties is not None for j in rows):
                 scores = torch.cat(
                     [
@@ -359,8 +359,6 @@ class Engine:
                         for i, j in enumerate(rows)
                     ]
                 )
-            else:
-                scores = scores.clone()
             scores = ban(scores, (*cfg.banned_tokens, *self._undefined))
             if cfg.greedy:
                 picked = scores.argmax(dim=-1).tolist()
