@@ -19,9 +19,8 @@ Each row draws from its own ``torch.Generator``, so a row's tokens depend only o
 
 from __future__ import annotations
 
-import sys
-
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
