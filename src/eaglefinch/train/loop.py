@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from eaglefinch.checkpoint import check_state_dict, read_state_dict, save_state_dict
+from eaglefinch.checkpoint import check_state_dict, model_from_state_dict, read_state_dict, save_state_dict
 from eaglefinch.config import RWKVConfig, infer_config
 from eaglefinch.errors import CheckpointError, ConfigError
 from eaglefinch.finetune import methods
@@ -353,9 +353,11 @@ def build_model(
                 f"{config.init_from} is a {describe(found)} checkpoint, but this run asks for a "
                 f"{describe(model_config)}; drop the model options to train the checkpoint as it is"
             )
-        model = RWKV(found, init=False)
-        model.load_state_dict({k: v.float() for k, v in weights.items()})
-        return model
+        # one tensor at a time: a float32 copy of the whole checkpoint beside the model would
+        # double the peak of loading a bf16 checkpoint
+        model = model_from_state_dict(weights, dtype=torch.float32)
+        del weights
+        return model.train()
     if model_config is None:
         raise ConfigError("choose a model: a preset, explicit sizes, or --init-from a checkpoint")
     torch.manual_seed(config.seed)
