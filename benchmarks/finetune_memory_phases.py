@@ -8,8 +8,11 @@ phases through ``/proc/self/clear_refs``, Linux only): the imports, building the
 ``zero_grad`` of two steps.
 
     nice python benchmarks/finetune_memory_phases.py [--contenders lora-r64 full ...] [--quick]
+    nice python benchmarks/finetune_memory_phases.py --from-checkpoint --contenders lora-r64 full
 
-writes ``benchmarks/results/finetune_memory_phases.json``.
+writes ``benchmarks/results/finetune_memory_phases.json``. ``--from-checkpoint`` builds the model
+as ``eaglefinch finetune --model`` does, from a random bf16 ``.pth`` written first (as released
+checkpoints are), instead of initialising it in place; it writes ``..._checkpoint.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,12 +83,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contenders", nargs="+", default=["lora-r64"], choices=list(CONTENDERS))
     parser.add_argument("--quick", action="store_true", help="2 layers, context 256 (checks the script)")
+    parser.add_argument("--from-checkpoint", action="store_true", help="build from a bf16 .pth file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     base = {"n_layer": 2 if args.quick else 12, "ctx": 256 if args.quick else 1024, "threads": 2}
+    tmp = tempfile.TemporaryDirectory()
+    if args.from_checkpoint:
+        import torch
+
+        from eaglefinch import RWKVConfig
+        from eaglefinch.checkpoint import save_state_dict
+        from eaglefinch.testing import random_state_dict
+
+        config = RWKVConfig.preset("finch-l12-d768").replace(n_layer=base["n_layer"])
+        base["checkpoint"] = str(Path(tmp.name) / "finch-bf16.pth")
+        save_state_dict(random_state_dict(config, seed=0, dtype=torch.bfloat16), base["checkpoint"])
     results = {}
     for name in args.contenders:
         spec = {**base, **CONTENDERS[name]}
@@ -99,9 +115,13 @@ def main() -> None:
         print(f"{name}: peak {results[name]['peak_mb']:.0f} MB")
         for p in phases:
             print(f"   {p['phase']:20s} rss {p['rss_mb']:7.0f} MB  peak within {p['peak_mb']:7.0f} MB")
+    tmp.cleanup()
     command = "nice python benchmarks/finetune_memory_phases.py --contenders " + " ".join(args.contenders)
+    if args.from_checkpoint:
+        command += " --from-checkpoint"
+    name = "finetune_memory_phases" + ("_checkpoint" if args.from_checkpoint else "")
     path = write_json(
-        "finetune_memory_phases" + ("_quick" if args.quick else ""),
+        name + ("_quick" if args.quick else ""),
         {"benchmark": "finetune_memory_phases", "command": command + (" --quick" if args.quick else ""),
          "results": results},
     )  # fmt: skip

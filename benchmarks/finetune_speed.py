@@ -79,10 +79,17 @@ def build(spec: dict):
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     config = RWKVConfig.preset("finch-l12-d768").replace(n_layer=spec["n_layer"])
-    model = RWKV(config)
-    with torch.no_grad():
-        for param in model.parameters():  # the values a bf16 checkpoint holds
-            param.copy_(param.bfloat16())
+    if spec.get("checkpoint"):  # as `eaglefinch finetune --model` loads it
+        from eaglefinch.train.loop import build_model
+
+        model = build_model(
+            TrainConfig(data="-", out="-", steps=1, init_from=spec["checkpoint"]), None, None, None
+        )
+    else:
+        model = RWKV(config)
+        with torch.no_grad():
+            for param in model.parameters():  # the values a bf16 checkpoint holds
+                param.copy_(param.bfloat16())
     model.set_grad_checkpointing(spec["grad_cp"])
     method = spec["method"]
     if method == "forward-backward":
