@@ -1,4 +1,4 @@
-"""Frozen weights kept in half precision, computed with in float32: LoRA and state tuning's memory.
+"""Frozen weights stored in 16 bits and computed in float32: the memory of LoRA and state tuning.
 
 A released checkpoint holds its weights in bfloat16. Loaded for fine-tuning they become float32,
 twice the bytes, although LoRA and state tuning never change them. ``store_frozen`` keeps the

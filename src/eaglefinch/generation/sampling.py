@@ -183,7 +183,7 @@ def top_p_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     every bin (one scatter over the row) says which bin the cut falls in and how much lies above
     it; only that bin's few values are then sorted, to find the exact position.
     """
-    B, V = probs.shape
+    B = probs.shape[0]
     p = probs.float().contiguous()
     bins = _high_bits(p).long()
     n_bins = int(bins.max()) + 1
