@@ -66,6 +66,16 @@ def base_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bf16_base_path(tmp_path_factory) -> Path:
+    """The tiny base in bfloat16, as released checkpoints are (its frozen weights stay 16-bit)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("base_bf16") / "base.pth"
+    save_state_dict(random_state_dict(TINY, seed=7, dtype=torch.bfloat16), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def chat_path(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", [{"messages": m} for m in CHATS])
 

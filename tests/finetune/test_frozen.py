@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,3 +131,19 @@ def test_a_run_on_a_bf16_checkpoint_ends_as_with_float32_storage(method, finetun
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_the_cli_passes_frozen_dtype_to_the_run(bf16_base_path, chat_path, tmp_path, caplog):
+    from eaglefinch.cli import main
+
+    argv = ["finetune", "--model", str(bf16_base_path), "--data", str(chat_path), "--steps", "1"]
+    argv += ["--ctx-len", "48", "--batch-size", "2", "--threads", "1", "--no-progress", "--no-plot"]
+    with caplog.at_level("INFO", logger="eaglefinch.train.loop"):
+        assert main([*argv, "--out", str(tmp_path / "a"), "--frozen-dtype", "fp32"]) == 0
+    assert "frozen weights stored" not in caplog.text
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["train"]["frozen_dtype"] == "fp32"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="eaglefinch.train.loop"):
+        assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # auto, the default
+    assert "frozen weights stored as 17 weights in bfloat16" in caplog.text

@@ -51,8 +51,10 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"}
 
 
+@pytest.mark.parametrize("base", ["base_path", "bf16_base_path"])  # bf16: frozen weights stored in 16 bits
 @pytest.mark.parametrize("method", ["lora", "state"])
-def test_killed_and_resumed_run_ends_bit_identical(method, base_path, chat_path, tmp_path):
+def test_killed_and_resumed_run_ends_bit_identical(method, base, chat_path, tmp_path, request):
+    base_path = request.getfixturevalue(base)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(cli_args(method, base_path, chat_path, straight)) == 0
     marker = tmp_path / "stalled"
