@@ -7,6 +7,7 @@ import argparse
 from eaglefinch.cli.train import add_run_arguments, report, train_config
 from eaglefinch.demo import demo_chat_path, resolve_model
 from eaglefinch.errors import ConfigError
+from eaglefinch.finetune.frozen import CHOICES as FROZEN_CHOICES
 
 # Learning rates that suit each method (a run may override them): adapters start from zero and
 # take a rate near RWKV-PEFT's; a state is a few tensors of order one, tuned like RWKV-LM's
@@ -91,7 +92,7 @@ def register(subparsers) -> None:
     )
     method.add_argument(
         "--frozen-dtype",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=FROZEN_CHOICES,
         default="auto",
         help="lora/state: how the weights that do not train are stored (computed in fp32 either way); "
         "auto: in 16 bits where that is lossless, as for a bf16 checkpoint (default), fp32: as loaded, "

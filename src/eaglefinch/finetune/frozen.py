@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eaglefinch.checkpoint import parse_dtype
 from eaglefinch.errors import ConfigError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CHOICES = ("auto", *DTYPES)
+CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 class _UpcastProduct(torch.autograd.Function):
@@ -70,7 +70,8 @@ def _represents(weight: torch.Tensor, dtype: torch.dtype, chunk: int = 1 << 20) 
 def _lossless_dtype(weight: torch.Tensor, wanted: str) -> torch.dtype | None:
     """The 16-bit dtype to store ``weight`` in, or None to leave it."""
     if wanted != "auto":
-        return None if DTYPES[wanted] == weight.dtype else DTYPES[wanted]
+        target = parse_dtype(wanted)
+        return None if target == weight.dtype else target
     return next((d for d in (torch.bfloat16, torch.float16) if _represents(weight, d)), None)
 
 

@@ -96,7 +96,6 @@ class WorldTokenizer:
         self._encoder = encoder if encoder is not None else GreedyEncoder(vocab)
         self._decoder = Decoder(vocab)
         self._id_of: dict[bytes, int] | None = None  # built on first use
-        self._undefined: dict[int, tuple[int, ...]] = {}  # undefined_ids by model vocabulary size
 
     def __getstate__(self) -> dict:
         return {"vocab": self.vocab, "vocab_path": self._vocab_path}
@@ -244,12 +243,7 @@ class WorldTokenizer:
         some probability, untrained ones more than a little, and no text holds them, so generation
         never samples them.
         """
-        cached = self._undefined.get(vocab_size)
-        if cached is None:
-            by_id = self.vocab.by_id
-            cached = tuple(i for i in range(vocab_size) if i >= len(by_id) or by_id[i] is None)
-            self._undefined[vocab_size] = cached
-        return cached
+        return tuple(int(i) for i in self._decoder.unknown(np.arange(vocab_size)))
 
     def bytes_to_id(self, piece: bytes | str) -> int:
         """The id of a token given as its bytes (or text)."""
