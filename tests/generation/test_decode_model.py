@@ -67,7 +67,7 @@ def test_default_layout_matches_the_official_package(
         assert relative_error(ours[0], theirs) < 1e-5
 
 
-@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX512-BF16 or AMX")
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
 @pytest.mark.parametrize("case", ["finch", "eagle", "eagle-L3-F320"])
 def test_onednn_layout_is_bitwise_the_linear_layout(case, build_model):
     """bf16 weights reordered once for oneDNN: the same products as F.linear, bitwise, batch 1 and 3;
@@ -80,6 +80,58 @@ def test_onednn_layout_is_bitwise_the_linear_layout(case, build_model):
         sa, sb = a.zero_state(rows.shape[0]), b.zero_state(rows.shape[0])
         assert torch.equal(run_steps(a.step, sa, rows), run_steps(b.step, sb, rows))
         assert torch.equal(sa.wkv, sb.wkv)
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
+def test_emulated_bf16_products_of_many_rows_run_in_fp32(monkeypatch):
+    """Without bf16 instructions, a bf16 matrix's products of many rows are fp32 products of its
+    upcast weights, rounded to bf16; fewer rows keep oneDNN's product (bitwise F.linear)."""
+    import eaglefinch.model.decode as decode
+
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: False)
+    weight = torch.randn(96, 64).bfloat16()
+    matrix = decode.Linear(weight, "onednn")
+    assert matrix.plain.data_ptr() == weight.data_ptr()  # the model's own tensor, not a copy
+    many = torch.randn(2, matrix.upcast_rows // 2, 64).bfloat16()  # rows counted over all leading dims
+    few = many.view(-1, 64)[: matrix.upcast_rows - 1]
+    exact = torch.nn.functional.linear(many.double(), weight.double())
+    upcast = matrix(many)
+    assert upcast.dtype == torch.bfloat16 and upcast.shape == (2, matrix.upcast_rows // 2, 96)
+    assert torch.equal(upcast, torch.nn.functional.linear(many.float(), weight.float()).bfloat16())
+    assert ((upcast.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # bf16's rounding
+    assert torch.equal(matrix(few), torch.nn.functional.linear(few, weight))
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: True)
+    assert decode.Linear(weight, "onednn").plain is None
+    assert decode.upcast_rows(65536 * 768) > decode.upcast_rows(768 * 768)
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_emulated_bf16_prefill_is_as_close_to_float64_as_the_models_own(
+    case, build_model, relative_error, monkeypatch
+):
+    import eaglefinch.model.decode as decode
+    from eaglefinch.generation.context import prefill
+
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: False)
+    model = build_model(CASES[case], dtype=torch.bfloat16)
+    tokens = torch.randint(0, 300, (70,), generator=torch.Generator().manual_seed(6)).tolist()
+    with torch.no_grad():
+        reference, _ = model.double()(torch.tensor([tokens]))
+    model.bfloat16()
+    decoder = DecodeModel(model, layout="onednn")
+    plain = prefill(model, tokens).logits.double()
+    upcast_calls = []
+    product = decode.Linear.__call__
+
+    def spy(matrix, x):
+        upcast_calls.append(matrix.plain is not None and x.numel() >= matrix.upcast_rows * x.shape[-1])
+        return product(matrix, x)
+
+    monkeypatch.setattr(decode.Linear, "__call__", spy)
+    upcast = prefill(model, tokens, decoder=decoder).logits.double()
+    assert sum(upcast_calls) == 8 * CASES[case].n_layer  # every block matrix of the prompt, not the head
+    assert relative_error(upcast, reference[:, -1]) < 2 * relative_error(plain, reference[:, -1]) + 1e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

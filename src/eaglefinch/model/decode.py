@@ -58,11 +58,16 @@ class Linear:
     * ``"linear"``: ``F.linear`` on the model's own tensor (no copy; the model's layout).
     * ``"transposed"``: a contiguous (in, out) copy read by ``x @ W_t``; on CPU, MKL's fp32 row-vector
       product reads this layout faster than ``F.linear`` reads (out, in) (benchmarks/decode_speed.py).
-    * ``"onednn"``: fp32 weights, or bf16 weights on CPUs with AVX512-BF16 or AMX, reordered once into
+    * ``"onednn"``: fp32 weights, or bf16 weights on CPUs with AVX-512, reordered once into
       oneDNN's blocked layout. In bf16, the same product as ``F.linear``, bitwise, without its
       per-call reorder; in fp32, a different order of summation. On CPU this is the fastest exact
       layout at every batch size, and by far for batches: MKL's fp32 product of a few rows
       repacks the whole matrix on every call (benchmarks/decode_speed.py, batched).
+      Where the CPU lacks bf16 instructions (AVX512-BF16, AMX), oneDNN emulates bf16 products, and
+      from ``upcast_rows(...)`` rows on a product of the upcast fp32 weights is several times
+      faster (benchmarks/bf16_emulation.py): these products then run in fp32 on a per-call fp32
+      copy of the model's bf16 matrix, rounded to bf16 as F.linear rounds (another order of
+      summation, the same rounding of the result).
     * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
     * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
       (``aten._weight_int8pack_mm``), bf16 activations.
@@ -82,6 +87,10 @@ class Linear:
         elif kind == "onednn":
             # reordered once into oneDNN's blocked layout; F.linear would reorder on every call
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+            # emulated bf16: keep the (model's own, uncopied) bf16 matrix for fp32 products of many rows
+            emulated = weight.dtype == torch.bfloat16 and not native_bf16_available()
+            self.plain = weight if emulated else None
+            self.upcast_rows = upcast_rows(weight.numel()) if emulated else None
         elif kind == "fp16":
             self.lossless = bool(torch.equal(weight.half().to(weight.dtype), weight))
             self.weight = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
@@ -102,6 +111,8 @@ class Linear:
         if self.kind == "transposed":
             return x @ self.weight
         if self.kind == "onednn":
+            if self.plain is not None and x.numel() >= self.upcast_rows * self.in_features:
+                return F.linear(x.float(), self.plain.float()).to(x.dtype)
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         if self.kind == "fp16":
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.weight).to(x.dtype)
@@ -120,6 +131,22 @@ class Linear:
         return n * self.weight.element_size()
 
 
+def native_bf16_available() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them oneDNN emulates bf16."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def upcast_rows(n_weights: int) -> int:
+    """From how many rows an fp32 product of an upcast bf16 matrix beats oneDNN's emulated bf16 one.
+
+    The upcast costs one pass over the matrix per call; the emulated product costs about three
+    times the fp32 one per row (benchmarks/bf16_emulation.py). Up to a few million weights the fp32
+    copy stays in cache and 16 rows repay it; beyond (the vocabulary head) it takes about 64.
+    """
+    return 16 if n_weights <= 1 << 22 else 64
+
+
 def onednn_layout_available(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the "onednn" layout can hold this dtype's matrices on this device."""
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
@@ -128,7 +155,7 @@ def onednn_layout_available(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def onednn_bf16_available() -> bool:
-    """Whether oneDNN has native bf16 products here (AVX512-BF16 or AMX): the bf16 "onednn" layout."""
+    """Whether oneDNN has bf16 products here (AVX-512; native with AVX512-BF16 or AMX, else emulated)."""
     try:
         return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):

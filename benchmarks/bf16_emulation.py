@@ -1,0 +1,79 @@
+"""bf16 products where the CPU has no bf16 instructions: oneDNN's emulation against fp32 on upcast weights.
+
+On CPUs without AVX512-BF16 or AMX (AVX2 or plain AVX-512), oneDNN still multiplies bf16 matrices,
+emulating bf16 arithmetic. For the matrices of Finch L12-D768 (768 x 768, 2688 x 768, 768 x 2688 and
+the 65536 x 768 head) and R rows (1 ... 512: decode batches and prompts), this times
+
+* ``onednn``: the decoder's packed bf16 matrix (``Linear(w, "onednn")``, product forced);
+* ``upcast``: ``F.linear(x.float(), w.float()).bfloat16()``, the upcast paid on every call;
+* ``fp32 copy``: the same product on a kept fp32 copy (twice the memory; the upcast's lower bound);
+
+and reports each as a ratio to ``onednn``, with the row count from which ``upcast`` wins. Those
+counts are where ``eaglefinch.model.decode.upcast_rows`` switches. Best of 5 after a warm-up.
+
+    nice python benchmarks/bf16_emulation.py [--threads 2]
+
+Writes ``benchmarks/results/bf16_emulation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ensure_malloc_env  # noqa: E402
+
+ensure_malloc_env()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from common import best_time, write_json  # noqa: E402
+
+from eaglefinch.model import decode  # noqa: E402
+
+SHAPES = [(768, 768), (2688, 768), (768, 2688), (65536, 768)]
+ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 512]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not decode.onednn_bf16_available():
+        sys.exit("oneDNN has no bf16 products on this CPU (it needs AVX-512): nothing to compare")
+    results = []
+    for out_features, in_features in SHAPES:
+        weight = torch.randn(out_features, in_features).bfloat16()
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        copy = weight.float()
+        first_win = None
+        for rows in ROWS:
+            x = torch.randn(rows, in_features).bfloat16()
+            times = {
+                "onednn": best_time(
+                    lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+                ),
+                "upcast": best_time(lambda x=x: F.linear(x.float(), weight.float()).bfloat16()),
+                "fp32 copy": best_time(lambda x=x: F.linear(x.float(), copy).bfloat16()),
+            }
+            ratios = {k: times["onednn"] / t for k, t in times.items() if k != "onednn"}
+            if first_win is None and ratios["upcast"] > 1:
+                first_win = rows
+            results.append({"shape": [out_features, in_features], "rows": rows, "seconds": times,
+                            "speedup_over_onednn": ratios})  # fmt: skip
+            print(f"{out_features}x{in_features} rows={rows:4d} onednn {times['onednn'] * 1e6:8.0f} us  "
+                  f"upcast x{ratios['upcast']:.2f}  fp32 copy x{ratios['fp32 copy']:.2f}", flush=True)  # fmt: skip
+        results.append({"shape": [out_features, in_features], "upcast_wins_from_rows": first_win,
+                        "upcast_rows_used": decode.upcast_rows(out_features * in_features)})  # fmt: skip
+    out = write_json(
+        "bf16_emulation",
+        {"native_bf16": decode.native_bf16_available(), "threads": args.threads, "results": results},
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
