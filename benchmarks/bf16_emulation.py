@@ -37,6 +37,15 @@ SHAPES = [(768, 768), (2688, 768), (768, 2688), (65536, 768)]
 ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 512]
 
 
+def contenders(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, copy: torch.Tensor) -> dict:
+    """Best seconds of each product of ``x`` by ``weight``."""
+    return {
+        "onednn": best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")),
+        "upcast": best_time(lambda: F.linear(x.float(), weight.float()).bfloat16()),
+        "fp32 copy": best_time(lambda: F.linear(x.float(), copy).bfloat16()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -52,20 +61,16 @@ def main() -> None:
         first_win = None
         for rows in ROWS:
             x = torch.randn(rows, in_features).bfloat16()
-            times = {
-                "onednn": best_time(
-                    lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-                ),
-                "upcast": best_time(lambda x=x: F.linear(x.float(), weight.float()).bfloat16()),
-                "fp32 copy": best_time(lambda x=x: F.linear(x.float(), copy).bfloat16()),
-            }
+            times = contenders(x, weight, packed, copy)
             ratios = {k: times["onednn"] / t for k, t in times.items() if k != "onednn"}
             if first_win is None and ratios["upcast"] > 1:
                 first_win = rows
             results.append({"shape": [out_features, in_features], "rows": rows, "seconds": times,
                             "speedup_over_onednn": ratios})  # fmt: skip
-            print(f"{out_features}x{in_features} rows={rows:4d} onednn {times['onednn'] * 1e6:8.0f} us  "
-                  f"upcast x{ratios['upcast']:.2f}  fp32 copy x{ratios['fp32 copy']:.2f}", flush=True)  # fmt: skip
+            shown = "  ".join(f"{k} x{r:.2f}" for k, r in ratios.items())
+            print(
+                f"{out_features}x{in_features} rows={rows:4d} onednn {times['onednn'] * 1e6:8.0f} us  {shown}"
+            )
         results.append({"shape": [out_features, in_features], "upcast_wins_from_rows": first_win,
                         "upcast_rows_used": decode.upcast_rows(out_features * in_features)})  # fmt: skip
     out = write_json(
