@@ -67,7 +67,8 @@ class Linear:
       from ``upcast_rows(...)`` rows on a product of the upcast fp32 weights is several times
       faster (benchmarks/bf16_emulation.py): these products then run in fp32 on a per-call fp32
       copy of the model's bf16 matrix, rounded to bf16 as F.linear rounds (another order of
-      summation, the same rounding of the result).
+      summation, the same rounding of the result; so there a row's last bits depend on how many
+      rows share the call, never on their values).
     * ``"fp16"``: FBGEMM's packed fp16 weights, fp32 activations (``quantized.linear_dynamic_fp16``).
     * ``"int8"``: symmetric int8 rows with a per-row scale, through torch's weight-only int8 kernel
       (``aten._weight_int8pack_mm``), bf16 activations.
@@ -409,7 +410,8 @@ class DecodeModel:
 
         A prompt of tens to hundreds of tokens is a product of a few rows per matrix, where oneDNN's
         pre-packed matrices save the repacking that ``F.linear`` does on every call; in fp32 the
-        sums run in another order, in bf16 the product is bitwise the same. Nothing
+        sums run in another order, in bf16 the product is bitwise the same (on CPUs without bf16
+        instructions, fp32 sums of the upcast weights, rounded alike: see ``Linear``). Nothing
         changes unless this decoder holds the model's matrices in that layout (exact weights,
         layout "onednn") and the model still has the weights it was packed from. Inference only:
         the packed products have no gradient.
