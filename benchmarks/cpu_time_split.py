@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import best_time, write_json  # noqa: E402
 from cpu_inference import PRESETS  # noqa: E402
-from decode_speed import bandwidth  # noqa: E402
+from decode_speed import bandwidth, our_stepper  # noqa: E402
 
 from eaglefinch import RWKVConfig  # noqa: E402
 from eaglefinch.checkpoint import model_from_state_dict  # noqa: E402
@@ -43,13 +43,13 @@ from eaglefinch.testing import random_state_dict  # noqa: E402
 
 
 def median_step(decoder: DecodeModel, steps: int = 30) -> float:
-    state, token = decoder.zero_state(1), torch.tensor([17])
+    step = our_stepper(decoder)
     for _ in range(3):
-        decoder.step(token, state)
+        step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        decoder.step(token, state)
+        step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
