@@ -106,6 +106,59 @@ def test_emulated_bf16_products_of_many_rows_run_in_fp32(monkeypatch):
 
 
 @pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
+def test_fp32_copy_serves_products_of_two_rows_or_more(monkeypatch):
+    """With an fp32 copy, emulated-bf16 products of 2+ rows are fp32 products rounded to bf16 (another
+    order of summation than F.linear's, so checked against float64); 1 row keeps oneDNN's bf16 product."""
+    import eaglefinch.model.decode as decode
+
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: False)
+    weight = torch.randn(96, 64).bfloat16()
+    matrix = decode.Linear(weight, "onednn", fp32_copy=True)
+    assert matrix.wide is not None and decode.Linear(weight, "onednn").wide is None
+    rows = torch.randn(2, 64).bfloat16()
+    exact = torch.nn.functional.linear(rows.double(), weight.double())
+    wide = matrix(rows)
+    assert wide.dtype == torch.bfloat16 and wide.shape == (2, 96)
+    assert ((wide.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-5).all()  # bf16's rounding
+    assert torch.equal(matrix(rows[:1]), torch.nn.functional.linear(rows[:1], weight))
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: True)
+    assert decode.Linear(weight, "onednn", fp32_copy=True).wide is None  # native bf16: no copy
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_decoder_with_fp32_copies_steps_batches_as_closely(case, build_model, relative_error, monkeypatch):
+    """A bf16 decoder with fp32 copies (as the server builds it on CPUs that emulate bf16): one row
+    is bitwise the plain decoder's step; a batch is as close to the float64 model as that step."""
+    import eaglefinch.model.decode as decode
+
+    monkeypatch.setattr(decode, "native_bf16_available", lambda: False)
+    model = build_model(CASES[case], dtype=torch.bfloat16)
+    plain, copies = DecodeModel(model), DecodeModel(model, fp32_copies=True)
+    assert copies.fp32_copies and not plain.fp32_copies
+    tokens = torch.randint(0, 300, (4, 6), generator=torch.Generator().manual_seed(8))
+    one = tokens[:1]
+    assert torch.equal(
+        run_steps(plain.step, plain.zero_state(1), one), run_steps(copies.step, copies.zero_state(1), one)
+    )
+    with torch.no_grad():
+        reference = DecodeModel(model.double(), layout="linear")
+        truth = run_steps(reference.step, reference.zero_state(4), tokens)
+    model.bfloat16()
+    ours = run_steps(copies.step, copies.zero_state(4), tokens).double()
+    theirs = run_steps(plain.step, plain.zero_state(4), tokens).double()
+    assert relative_error(ours, truth) <= 1.5 * relative_error(theirs, truth) + 1e-3
+    matrix_bytes = sum(
+        p.numel() * 2 for n, p in model.named_parameters() if p.dim() == 2 and n != "emb.weight"
+    )
+    monkeypatch.setattr(decode, "available_memory_bytes", lambda: 3 * matrix_bytes)
+    roomy = DecodeModel(model, fp32_copies=None)
+    assert roomy.head.kind == "onednn" and not roomy.fp32_copies  # copies would take over half: none
+    monkeypatch.setattr(decode, "available_memory_bytes", lambda: 1 << 40)
+    assert DecodeModel(model, fp32_copies=None).fp32_copies
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
 @pytest.mark.parametrize("case", ["finch", "eagle"])
 def test_emulated_bf16_prefill_is_as_close_to_float64_as_the_models_own(
     case, build_model, relative_error, monkeypatch

@@ -99,8 +99,8 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_model(args: argparse.Namespace) -> tuple[RWKV, DecodeModel]:
-    """The model and its decoder, as the command-line options ask."""
+def load_model(args: argparse.Namespace, fp32_copies: bool | None = False) -> tuple[RWKV, DecodeModel]:
+    """The model and its decoder, as the command-line options ask (``fp32_copies``: see DecodeModel)."""
     from eaglefinch.allocator import keep_freed_memory
     from eaglefinch.checkpoint import load
 
@@ -112,7 +112,7 @@ def load_model(args: argparse.Namespace) -> tuple[RWKV, DecodeModel]:
     progress = not args.no_progress and sys.stderr.isatty()
     keep_freed_memory()  # these commands decode step after step: reuse freed blocks, do not fault them in
     model = load(args.model, dtype=args.dtype, device=device, progress=progress)
-    return model, DecodeModel(model, weights=args.weights)
+    return model, DecodeModel(model, weights=args.weights, fp32_copies=fp32_copies)
 
 
 def read_prompt(args: argparse.Namespace) -> str:

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     args.model = str(resolve_model(args.model))
-    model, decoder = load_model(args)
+    # batches of rows: on CPUs that emulate bf16, fp32 copies of a bf16 model's matrices where they fit
+    model, decoder = load_model(args, fp32_copies=None)
     tokenizer = load_tokenizer()
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(

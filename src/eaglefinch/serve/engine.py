@@ -209,7 +209,7 @@ class Engine:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer = model, tokenizer
-        self.decoder = decoder if decoder is not None else DecodeModel(model)
+        self.decoder = decoder if decoder is not None else DecodeModel(model, fp32_copies=None)
         self.max_batch = max_batch
         self.cache = cache
         self._undefined = undefined_ids(tokenizer, model.config.vocab_size)  # never sampled
