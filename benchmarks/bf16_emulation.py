@@ -7,9 +7,12 @@ the 65536 x 768 head) and R rows (1 ... 512: decode batches and prompts), this t
 * ``onednn``: the decoder's packed bf16 matrix (``Linear(w, "onednn")``, product forced);
 * ``upcast``: ``F.linear(x.float(), w.float()).bfloat16()``, the upcast paid on every call;
 * ``fp32 copy``: the same product on a kept fp32 copy (twice the memory; the upcast's lower bound);
+* ``packed fp32 copy``: a kept fp32 copy in oneDNN's layout, as ``DecodeModel(fp32_copies=True)``
+  keeps it (``Linear(w, "onednn", fp32_copy=True)``; the server's choice where memory allows);
 
-and reports each as a ratio to ``onednn``, with the row count from which ``upcast`` wins. Those
-counts are where ``eaglefinch.model.decode.upcast_rows`` switches. Best of 5 after a warm-up.
+and reports each as a ratio to ``onednn``, with the row counts from which ``upcast`` and the packed
+copy win. The first is where ``eaglefinch.model.decode.upcast_rows`` switches; the decoder's copies
+serve products from 2 rows. Best of 5 after a warm-up.
 
     nice python benchmarks/bf16_emulation.py [--threads 2]
 
@@ -37,12 +40,17 @@ SHAPES = [(768, 768), (2688, 768), (768, 2688), (65536, 768)]
 ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 512]
 
 
-def contenders(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, copy: torch.Tensor) -> dict:
+def contenders(x, weight, packed, copy, packed_copy) -> dict:
     """Best seconds of each product of ``x`` by ``weight``."""
     return {
         "onednn": best_time(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")),
         "upcast": best_time(lambda: F.linear(x.float(), weight.float()).bfloat16()),
         "fp32 copy": best_time(lambda: F.linear(x.float(), copy).bfloat16()),
+        "packed fp32 copy": best_time(
+            lambda: torch.ops.mkldnn._linear_pointwise(
+                x.float(), packed_copy, None, "none", [], ""
+            ).bfloat16()
+        ),
     }
 
 
@@ -58,13 +66,18 @@ def main() -> None:
         weight = torch.randn(out_features, in_features).bfloat16()
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         copy = weight.float()
-        first_win = None
+        packed_copy = decode.Linear(weight, "onednn", fp32_copy=True).wide
+        if packed_copy is None:  # native bf16 instructions: the decoder keeps no copy
+            packed_copy = torch.ops.mkldnn._reorder_linear_weight(copy, None)
+        first_win = copy_win = None
         for rows in ROWS:
             x = torch.randn(rows, in_features).bfloat16()
-            times = contenders(x, weight, packed, copy)
+            times = contenders(x, weight, packed, copy, packed_copy)
             ratios = {k: times["onednn"] / t for k, t in times.items() if k != "onednn"}
             if first_win is None and ratios["upcast"] > 1:
                 first_win = rows
+            if copy_win is None and ratios["packed fp32 copy"] > 1:
+                copy_win = rows
             results.append({"shape": [out_features, in_features], "rows": rows, "seconds": times,
                             "speedup_over_onednn": ratios})  # fmt: skip
             shown = "  ".join(f"{k} x{r:.2f}" for k, r in ratios.items())
@@ -72,6 +85,7 @@ def main() -> None:
                 f"{out_features}x{in_features} rows={rows:4d} onednn {times['onednn'] * 1e6:8.0f} us  {shown}"
             )
         results.append({"shape": [out_features, in_features], "upcast_wins_from_rows": first_win,
+                        "packed_fp32_copy_wins_from_rows": copy_win,
                         "upcast_rows_used": decode.upcast_rows(out_features * in_features)})  # fmt: skip
     out = write_json(
         "bf16_emulation",
