@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,8 +112,8 @@ def write_json(name: str, data: dict) -> Path:
     return path
 
 
-def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """Minimum wall time of ``fn()`` over ``repeat`` runs, in seconds."""
+def wall_times(fn, repeat: int, warmup: int) -> list[float]:
+    """Wall times of ``repeat`` runs of ``fn()`` after ``warmup`` untimed ones, in seconds."""
     for _ in range(warmup):
         fn()
     times = []
@@ -120,4 +121,14 @@ def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Minimum wall time of ``fn()`` over ``repeat`` runs, in seconds."""
+    return min(wall_times(fn, repeat, warmup))
+
+
+def median_time(fn, repeat: int = 30, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs, in seconds."""
+    return statistics.median(wall_times(fn, repeat, warmup))

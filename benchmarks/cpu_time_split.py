@@ -18,9 +18,7 @@ Writes ``benchmarks/results/cpu_time_split.json``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,7 +28,7 @@ ensure_malloc_env()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from common import best_time, write_json  # noqa: E402
+from common import best_time, median_time, write_json  # noqa: E402
 from cpu_inference import PRESETS  # noqa: E402
 from decode_speed import bandwidth, our_stepper  # noqa: E402
 
@@ -42,16 +40,8 @@ from eaglefinch.ops.wkv_chunked import wkv_chunked  # noqa: E402
 from eaglefinch.testing import random_state_dict  # noqa: E402
 
 
-def median_step(decoder: DecodeModel, steps: int = 30) -> float:
-    step = our_stepper(decoder)
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_step(decoder: DecodeModel) -> float:
+    return median_time(our_stepper(decoder), repeat=30, warmup=3)
 
 
 def decode_split(decoder: DecodeModel, read_GBps: float) -> dict:

@@ -30,7 +30,6 @@ from eaglefinch.allocator import keep_freed_memory  # noqa: E402
 from eaglefinch.checkpoint import model_from_state_dict  # noqa: E402
 from eaglefinch.generation.prefix_cache import PrefixCache  # noqa: E402
 from eaglefinch.generation.sampling import SamplingConfig  # noqa: E402
-from eaglefinch.model.decode import DecodeModel  # noqa: E402
 from eaglefinch.serve.engine import Engine, Request  # noqa: E402
 from eaglefinch.testing import random_state_dict  # noqa: E402
 
@@ -43,8 +42,8 @@ def run(dtype: str, streams: int, seconds: float, seed: int) -> dict:
         random_state_dict(config, seed=seed, dtype=DTYPES[dtype]), dtype=DTYPES[dtype]
     )
     tokenizer = WorldTokenizer()
-    decoder = DecodeModel(model, "exact", fp32_copies=None)  # as ``eaglefinch serve`` builds it
-    engine = Engine(model, tokenizer, decoder, max_batch=streams, cache=PrefixCache(max_bytes=256 * 2**20))
+    engine = Engine(model, tokenizer, max_batch=streams, cache=PrefixCache(max_bytes=256 * 2**20))
+    decoder = engine.decoder  # the engine's own, as ``eaglefinch serve`` builds it
     spent: Counter = Counter()
 
     def timed(name, fn):

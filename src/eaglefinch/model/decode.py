@@ -386,10 +386,9 @@ class DecodeModel:
         exact = layout or default_layout(self.dtype, self.device, matrix_bytes)
         kind = weights if weights != "exact" else exact
         emulated_bf16 = kind == "onednn" and self.dtype == torch.bfloat16 and not native_bf16_available()
-        if fp32_copies is None:
+        if emulated_bf16 and fp32_copies is None:  # the copies (2x the bf16 bytes) under half the memory
             fp32_copies = 4 * matrix_bytes < available_memory_bytes()
-        wide = bool(fp32_copies) and emulated_bf16
-        self.fp32_copies = wide
+        self.fp32_copies = wide = emulated_bf16 and bool(fp32_copies)
         with torch.no_grad():
             self.emb = model.emb.weight.detach()
             self.ln0 = model.blocks[0].ln0
