@@ -14,8 +14,10 @@ import pytest
 import torch
 from wkv_cases import (
     DTYPE_NAME,
+    TOLERANCE,
     Case,
     assert_matches,
+    errors,
     make_inputs,
     reference,
     run_with_grads,
@@ -103,6 +105,27 @@ def test_extreme_decay(case: Case, kernel):
     0, -1e-4, -0.5, -e^7, -e^10, -1e30 and -inf: finite, and as accurate as ordinary decays."""
     actual = run_with_grads(kernel, make_inputs(case), case.dtype)
     assert_matches(actual, reference(case), case.dtype, f"extreme {case.id}")
+
+
+@pytest.mark.parametrize("segment", [16, 512])
+@pytest.mark.parametrize("case, kernel", [p for p in _extreme_cases() if "recurrent" not in p.id])
+def test_extreme_decay_without_a_graph(case: Case, kernel, segment: int, monkeypatch):
+    """The inference path (factors grown in place, one output buffer, its own segments: one chunk
+    here, and the default) on the extreme decays, against the float64 loop."""
+    monkeypatch.setattr(chunked_module, "INFERENCE_SEGMENT", segment)
+    x = make_inputs(case)
+    state_dtype = torch.float64 if case.dtype == torch.float64 else torch.float32
+    inputs = [x[n].to(case.dtype) for n in ("r", "k", "v", "log_w", "u")] + [x["state"].to(state_dtype)]
+    kept = [t.clone() for t in inputs]
+    with torch.no_grad():
+        y, state = kernel(*inputs)
+    expected = reference(case)
+    atol, rtol = TOLERANCE[case.dtype]
+    for name, actual in (("y", y), ("state", state)):
+        assert torch.isfinite(actual).all(), f"{case.id}: non-finite {name}"
+        abs_err, rel_err = errors(actual, expected[name])
+        assert abs_err <= atol or rel_err <= rtol, f"{case.id} {name}: {abs_err:.3e} / {rel_err:.3e}"
+    assert all(torch.equal(a, b) for a, b in zip(inputs, kept, strict=True)), "the inputs were changed"
 
 
 def test_weak_decay_after_strong_keeps_precision():
@@ -233,6 +256,7 @@ def test_no_grad_path_matches(decay: str, segment: int, monkeypatch):
     """Under no_grad the kernel runs segment by segment with in-place shortcuts: same values, and
     no graph."""
     monkeypatch.setattr(chunked_module, "RECOMPUTE_SEGMENT", segment)
+    monkeypatch.setattr(chunked_module, "INFERENCE_SEGMENT", segment)
     x = make_inputs(Case(2, 100, 2, 16, decay, torch.float64))
     leaves = [x[n].clone().requires_grad_() for n in ("r", "k", "v", "log_w", "u", "state")]
     y, s = wkv_chunked(*leaves, chunk_size=32)

@@ -49,11 +49,15 @@ tokens); backward walks the segments last to first, rebuilds one segment's graph
 state, and backpropagates through it alone with the gradient of the state leaving it. The result
 is the same arithmetic as plain autograd (so the same gradients), for one more forward pass and a
 working set of one segment instead of the whole sequence. Sequences of up to ``RECOMPUTE_ABOVE``
-tokens keep plain autograd, whose intermediates are small there. Inference (no gradient) also runs
-segment by segment, writing into one preallocated output.
+tokens keep plain autograd, whose intermediates are small there. Inference (no gradient) runs
+segment by segment (``INFERENCE_SEGMENT`` tokens) into one preallocated output, and grows the row
+and column factors in place: at prefill sizes the kernel is a few hundred small operators, whose
+count, not their arithmetic, sets its time.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +74,9 @@ RECOMPUTE_SEGMENT = 128
 # intermediates are small (55 MiB with the inputs at 512 tokens of 12 heads of 64), and recomputing
 # costs 0.8-1.8x plain autograd's forward+backward CPU time (both in benchmarks/results/kernels).
 RECOMPUTE_ABOVE = 512
+# Inference (no gradient) runs pieces of at most this many tokens (rounded up to whole chunks): its
+# intermediates are a few (B, H, T, N) tensors, and each piece costs a fixed ~100 small operators.
+INFERENCE_SEGMENT = 512
 # log_w below -LOG_W_FLOOR is clamped there: e^{-1e4} is 0 in float64 already.
 LOG_W_FLOOR = 1e4
 
@@ -149,18 +156,21 @@ def _wkv_chunked(r, k, v, log_w, u, S, chunk_size: int, recompute: bool):
 
     L = chunk_size
     T_main = T // L * L
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (r, k, v, g, u, S))
+    # without a graph every piece writes into one output, laid out as the caller's [B, T, H, N]
+    out = None if grad else r.new_empty(B, T, H, N).transpose(1, 2)
     ys = []
     if T_main:
         g_main = g[:, :, :T_main] if per_token else g
         main = (r[:, :, :T_main], k[:, :, :T_main], v[:, :, :T_main], g_main, u, S)
         segment = -(-RECOMPUTE_SEGMENT // L) * L
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in main)
-        if needs_grad and recompute and T_main > max(segment, RECOMPUTE_ABOVE):
+        if grad and recompute and T_main > max(segment, RECOMPUTE_ABOVE):
             y, S = _SegmentRecompute.apply(*main, L, segment)
-        elif needs_grad:
+        elif grad:
             y, S = _wkv_chunks(*main, L)
         else:  # inference: segment by segment too, so that one segment's intermediates are live at once
-            y, S, _ = _by_segments(*main, L, segment)
+            _, S, _ = _by_segments(*main, L, -(-INFERENCE_SEGMENT // L) * L, out=out[:, :, :T_main])
+            y = None
         ys.append(y)
     if T_main < T:
         # The tail is one shorter chunk, padded with k = v = 0 and log_w = 0: such tokens add
@@ -174,18 +184,24 @@ def _wkv_chunked(r, k, v, log_w, u, S, chunk_size: int, recompute: bool):
         tail = (r[:, :, T_main:], k[:, :, T_main:], v[:, :, T_main:], g_tail)
         rt, kt, vt, gt = (F.pad(x, (0, 0, 0, Lt - t)) for x in tail)
         y, S = _wkv_chunks(rt, kt, vt, gt, u, S, Lt)
-        ys.append(y[:, :, :t])
+        if out is None:
+            ys.append(y[:, :, :t])
+        else:
+            out[:, :, T_main:] = y[:, :, :t]
+    if out is not None:
+        return out.transpose(1, 2).to(dtype), S
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     # (B, H, T, N) -> [B, T, H, N]: no copy when y is already laid out so and keeps r's dtype
     return y.transpose(1, 2).to(dtype).contiguous(), S
 
 
-def _by_segments(r, k, v, g, u, S, L: int, segment: int):
+def _by_segments(r, k, v, g, u, S, L: int, segment: int, out: torch.Tensor | None = None):
     """``_wkv_chunks`` over ``segment``-token pieces with the state carried. Returns ``(y, final
-    state, [state entering each piece])``; y is (B, H, T, N), a view of a [B, T, H, N] tensor."""
+    state, [state entering each piece])``; y is (B, H, T, N), a view of a [B, T, H, N] tensor
+    (``out``, when given)."""
     B, H, T, N = r.shape
     per_token = g.shape[2] != 1
-    y = r.new_empty(B, T, H, N).transpose(1, 2)  # the caller's layout: no copy on the way out
+    y = r.new_empty(B, T, H, N).transpose(1, 2) if out is None else out  # the caller's layout
     entering = []
     for a in range(0, T, segment):
         b = min(a + segment, T)
@@ -292,6 +308,12 @@ def _wkv_chunks(
     # Blocks of `base` tokens, pairwise, into A (B, H, nC, L, L). Then q_i = r_i e^{sum of g over i's
     # block before i}, kd_j = k_j e^{sum of g over j's block after j}; `total` sums g over each block.
     A, q, kd, total = _base_blocks(r, k, g, u, base)
+    # Without a graph the factors grow in place (on copies where they are still r and k); with
+    # one, by out-of-place products whose backward autograd can follow. The same values either way.
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, kd, total)))
+    if in_place and L > base:
+        q = q.clone() if q is r else q
+        kd = kd.clone() if kd is k else kd
     h = base
     while h < L:
         # Blocks of m = 2h tokens, halves F and S. For j in F and i in S,
@@ -305,9 +327,13 @@ def _wkv_chunks(
         # the first half's kd the decay over the second half. Multiplying by e^{sum} (<= 1) keeps
         # every exponent a sum of g's of one sign.
         first, second = total.unflatten(-3, (nb, 2)).unbind(-3)  # (.., nb, 1, N) each
-        one = torch.ones_like(first)
-        q = (q.unflatten(-2, (nb, 2, h)) * torch.stack([one, torch.exp(first)], -3)).reshape(r.shape)
-        kd = (kd.unflatten(-2, (nb, 2, h)) * torch.stack([torch.exp(second), one], -3)).reshape(k.shape)
+        if in_place:
+            q.unflatten(-2, (nb, 2, h)).select(-3, 1).mul_(torch.exp(first))
+            kd.unflatten(-2, (nb, 2, h)).select(-3, 0).mul_(torch.exp(second))
+        else:
+            one = torch.ones_like(first)
+            q = (q.unflatten(-2, (nb, 2, h)) * torch.stack([one, torch.exp(first)], -3)).reshape(r.shape)
+            kd = (kd.unflatten(-2, (nb, 2, h)) * torch.stack([torch.exp(second), one], -3)).reshape(k.shape)
         total = first + second
         h = m
     # Now the block is the chunk: q_i = r_i e^{E_i}, kd_j = k_j e^{G_l - G_j}, total = G_l.
@@ -370,11 +396,24 @@ def _level_mask(L: int, h: int, like: torch.Tensor) -> torch.Tensor:
     """(L, L) 0/1 matrix: 1 where j < i, i and j in the same block of 2h tokens but different
     halves of it (the pairs that first fall apart when blocks of 2h are halved); for h = L, 1 where
     j < i."""
-    i = torch.arange(L, device=like.device)
+    return _constant(_level_mask_of, L, h, like.dtype, like.device)
+
+
+def _level_mask_of(L: int, h: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    i = torch.arange(L, device=device)
     if h == L:
-        return (i.view(L, 1) > i).to(like.dtype)
+        return (i.view(L, 1) > i).to(dtype)
     row, col = i.view(L, 1), i.view(1, L)
-    return ((row // (2 * h) == col // (2 * h)) & (row // h > col // h)).to(like.dtype)
+    return ((row // (2 * h) == col // (2 * h)) & (row // h > col // h)).to(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(make, *key) -> torch.Tensor:
+    """A mask made once per shape, dtype and device: each costs ~10 small operators, and a prefill
+    asks for the same few in every layer. Made outside inference mode, so that autograd may save it
+    for backward whatever mode the first caller ran in; nobody writes to it."""
+    with torch.inference_mode(False):
+        return make(*key)
 
 
 def _prefix_suffix_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,8 +424,7 @@ def _prefix_suffix_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     decay of -1e3 a later -1e-4 is lost in float32.
     """
     n = x.shape[-2]
-    i = torch.arange(n, device=x.device)
-    masks = torch.cat([i.view(n, 1) > i, i.view(n, 1) < i]).to(x.dtype)  # (2n, n)
+    masks = _constant(_prefix_suffix_masks, n, x.dtype, x.device)  # (2n, n)
     before, after = (masks @ x).split(n, dim=-2)  # split, not slicing: its backward is one cat
     return before, after
 
@@ -395,6 +433,15 @@ def _pair_sums(x: torch.Tensor) -> torch.Tensor:
     """For x ``(.., n, N)``: ``(.., n, n, N)`` with [i, j] = x_{j+1} + ... + x_{i-1} for j < i, 0
     otherwise; a product with a 0/1 matrix, as in ``_prefix_suffix_sums``."""
     n = x.shape[-2]
-    i = torch.arange(n, device=x.device)
+    return (_constant(_pair_mask, n, x.dtype, x.device) @ x).unflatten(-2, (n, n))
+
+
+def _prefix_suffix_masks(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    i = torch.arange(n, device=device)
+    return torch.cat([i.view(n, 1) > i, i.view(n, 1) < i]).to(dtype)
+
+
+def _pair_mask(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    i = torch.arange(n, device=device)
     mask = (i.view(n, 1, 1) > i.view(1, 1, n)) & (i.view(1, 1, n) > i.view(1, n, 1))  # (i, j, t)
-    return (mask.reshape(n * n, n).to(x.dtype) @ x).unflatten(-2, (n, n))
+    return mask.reshape(n * n, n).to(dtype)
