@@ -166,12 +166,12 @@ def _wkv_chunked(r, k, v, log_w, u, S, chunk_size: int, recompute: bool):
         segment = -(-RECOMPUTE_SEGMENT // L) * L
         if grad and recompute and T_main > max(segment, RECOMPUTE_ABOVE):
             y, S = _SegmentRecompute.apply(*main, L, segment)
+            ys.append(y)
         elif grad:
             y, S = _wkv_chunks(*main, L)
+            ys.append(y)
         else:  # inference: segment by segment too, so that one segment's intermediates are live at once
             _, S, _ = _by_segments(*main, L, -(-INFERENCE_SEGMENT // L) * L, out=out[:, :, :T_main])
-            y = None
-        ys.append(y)
     if T_main < T:
         # The tail is one shorter chunk, padded with k = v = 0 and log_w = 0: such tokens add
         # nothing and decay nothing, so the state comes out right. A constant decay is spelled out
@@ -188,7 +188,7 @@ def _wkv_chunked(r, k, v, log_w, u, S, chunk_size: int, recompute: bool):
             ys.append(y[:, :, :t])
         else:
             out[:, :, T_main:] = y[:, :, :t]
-    if out is not None:
+    if out is not None:  # (B, H, T, N) view -> its [B, T, H, N] tensor, contiguous
         return out.transpose(1, 2).to(dtype), S
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     # (B, H, T, N) -> [B, T, H, N]: no copy when y is already laid out so and keeps r's dtype
