@@ -40,9 +40,8 @@ from eaglefinch.generation.sampling import (
     Penalties,
     SamplingConfig,
     ban,
-    draw,
-    filtered_probs,
     penalty_weight,
+    sample,
 )
 from eaglefinch.generation.text import TextStream, Tokenizer, undefined_ids
 from eaglefinch.model.decode import DecodeModel
@@ -360,11 +359,7 @@ class Engine:
                     ]
                 )
             scores = ban(scores, (*cfg.banned_tokens, *self._undefined))
-            if cfg.greedy:
-                picked = scores.argmax(dim=-1).tolist()
-            else:
-                probs = filtered_probs(scores, cfg)
-                picked = draw(probs, [self._rows[j].generator for j in rows]).tolist()
+            picked = sample(scores, cfg, [self._rows[j].generator for j in rows]).tolist()
             for j, token in zip(rows, picked, strict=True):
                 tokens[j] = token
         return tokens
