@@ -70,13 +70,16 @@ def test_default_layout_matches_the_official_package(
 @pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN bf16 needs AVX-512")
 @pytest.mark.parametrize("case", ["finch", "eagle", "eagle-L3-F320"])
 def test_onednn_layout_is_bitwise_the_linear_layout(case, build_model):
-    """bf16 weights reordered once for oneDNN: the same products as F.linear, bitwise, batch 1 and 3;
-    and it is the default for bf16 models on such CPUs."""
+    """bf16 weights reordered once for oneDNN: the same products as F.linear, bitwise, batch 1 and 3
+    (with the same state arithmetic, the packed layouts' regrouped one); and it is the default for
+    bf16 models on such CPUs."""
     model = build_model(CASES[case], dtype=torch.bfloat16)
     assert DecodeModel(model).head.kind == "onednn"
     tokens = torch.randint(0, CASES[case].vocab_size, (3, 5), generator=torch.Generator().manual_seed(4))
     for rows in (tokens[:1], tokens):
-        a, b = DecodeModel(model, layout="linear"), DecodeModel(model, layout="onednn")
+        a = DecodeModel(model, layout="linear", state_math="regrouped")
+        b = DecodeModel(model, layout="onednn")
+        assert b.layers[0].regrouped_state_math
         sa, sb = a.zero_state(rows.shape[0]), b.zero_state(rows.shape[0])
         assert torch.equal(run_steps(a.step, sa, rows), run_steps(b.step, sb, rows))
         assert torch.equal(sa.wkv, sb.wkv)
@@ -418,3 +421,22 @@ def test_packed_products_apply_only_to_their_own_model_and_exact_matrices(build_
     assert torch.equal(y, torch.nn.functional.linear(x, key.weight))
     y.sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("case", ["finch", "eagle"])
+def test_regrouped_state_math_is_as_close_to_float64_as_the_models(case, build_model, relative_error):
+    """bf16 weights, batch 4: the regrouped state sums against a float64 run of the same weights,
+    as close as the model's own operations are; and an unknown choice is refused."""
+    model = build_model(CASES[case], dtype=torch.bfloat16)
+    tokens = torch.randint(0, 300, (4, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        reference, _ = model.double()(tokens)
+    model.bfloat16()
+    errors = {}
+    for state_math in ("model", "regrouped"):
+        decoder = DecodeModel(model, layout="linear", state_math=state_math)
+        assert decoder.layers[0].regrouped_state_math == (state_math == "regrouped")
+        errors[state_math] = relative_error(run_steps(decoder.step, decoder.zero_state(4), tokens), reference)
+    assert errors["regrouped"] < 1.5 * errors["model"] + 1e-3, errors
+    with pytest.raises(ConfigError, match="state_math"):
+        DecodeModel(model, state_math="fused")
