@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from eaglefinch.errors import ConfigError
+from eaglefinch.generation import sampling
 from eaglefinch.generation.sampling import (
     Penalties,
     SamplingConfig,
@@ -221,11 +222,13 @@ SAMPLE_SETTINGS = [
 ]
 
 
+@pytest.mark.parametrize("rounds", [0, 2], ids=["threshold", "rejection"])
 @pytest.mark.parametrize("settings", SAMPLE_SETTINGS, ids=str)
-def test_sample_draws_from_the_filtered_distribution(settings):
+def test_sample_draws_from_the_filtered_distribution(settings, rounds, monkeypatch):
     """20,000 draws of one 40-token row (as 4,000 rows of their own seeds, 5 times): each token's
     frequency within 4.5 standard errors of ``filtered_probs`` (checked against the official
-    pipeline above), and no token outside the filters."""
+    pipeline above), and no token outside the filters; by rejection and by the threshold alone."""
+    monkeypatch.setattr(sampling, "REJECTION_ROUNDS", rounds)
     logits = torch.randn(1, 40, generator=torch.Generator().manual_seed(1)) * 2
     config = SamplingConfig(**settings, seed=5)
     expected = filtered_probs(logits, config)[0].double()
@@ -238,7 +241,7 @@ def test_sample_draws_from_the_filtered_distribution(settings):
     assert ((freq - expected).abs() <= 4.5 * (expected * (1 - expected) / n).sqrt() + 1e-12).all()
 
 
-@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+@pytest.mark.parametrize("top_p", [0.3, 0.5, 0.9, 0.999])
 def test_sample_stays_in_the_nucleus_of_a_large_vocabulary(top_p):
     """Flat and peaked 65k rows, many ties, one-hot: every drawn token reaches the threshold of a
     full sort, and the ones below it are never drawn."""
@@ -254,3 +257,16 @@ def test_sample_stays_in_the_nucleus_of_a_large_vocabulary(top_p):
     for _ in range(40):
         tokens = sample(logits.clone(), config, gens)
         assert (probs.gather(1, tokens[:, None]) >= threshold).all()
+
+
+def test_top_p_threshold_when_the_cut_falls_among_the_deepest_values():
+    """One token holds all but ~1e-5 of the mass, the rest lie below 2^-32 of it, where the bins
+    are lumped into one: a nucleus of 0.99999 reaches into them, and still keeps what a sort keeps."""
+    g = torch.Generator().manual_seed(3)
+    logits = -22.5 + 0.1 * torch.randn(2, 65536, generator=g)
+    logits[:, 0] = 0.0
+    logits[1, 1:100] = -3.0  # and a row whose cut stays above them
+    probs = torch.softmax(logits, dim=-1)
+    for top_p in (0.99999, 0.999995):
+        assert _sorted_threshold(probs, top_p)[0] < probs[0, 0] * 2.0**-32  # the cut is that deep
+        assert torch.equal(top_p_threshold(probs, top_p), _sorted_threshold(probs, top_p)), top_p

@@ -28,6 +28,13 @@ import torch
 
 from eaglefinch.errors import ConfigError
 
+# Nucleus sampling by rejection from this top_p (below it, a draw is outside the nucleus as often
+# as not), and for at most this many rounds, after which the exact threshold cuts (see ``sample``).
+REJECTION_FROM_TOP_P = 0.5
+REJECTION_ROUNDS = 2
+# top_p_threshold's bins below a row's highest (128 per octave: 2^-32 of the largest probability);
+# the values deeper still share one bin, sorted only if the cut falls among them.
+DEPTH_BINS = 4096
 # Tokens whose text is one of these substrings add no frequency weight (ChatRWKV's exemption).
 PENALTY_FREE_TEXT = " \t0123456789"
 
@@ -186,19 +193,23 @@ def top_p_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     than a batched decoding step. Probabilities are non-negative, so their float32 bit patterns
     order as they do; the top 16 bits put each one in a bin (128 bins per octave). The mass of
     every bin (one scatter over the row) says which bin the cut falls in and how much lies above
-    it; only that bin's few values are then sorted, to find the exact position.
+    it; only that bin's few values are then sorted, to find the exact position. Bins are counted
+    from the row's highest down, so the table of masses has ``DEPTH_BINS + 1`` columns.
     """
     B = probs.shape[0]
     p = probs.float().contiguous()
     bins = _high_bits(p).long()
-    n_bins = int(bins.max()) + 1
-    mass = torch.zeros(B, n_bins, dtype=torch.float64, device=p.device).scatter_add_(1, bins, p.double())
+    # bins counted down from each row's highest, the last one holding everything deeper: the mass
+    # table is (B, DEPTH_BINS + 1) whatever the values' range
+    depth = (bins.amax(-1, keepdim=True) - bins).clamp_(max=DEPTH_BINS)
+    mass = torch.zeros(B, DEPTH_BINS + 1, dtype=torch.float64, device=p.device)
+    mass.scatter_add_(1, depth, p.double())
     # cumulative mass from the highest bin down; the cut is in the first bin whose total reaches top_p
-    reached_bins = mass.flip(-1).cumsum(-1)
+    reached_bins = mass.cumsum(-1)
     reached = reached_bins.float() >= top_p
     j = reached.byte().argmax(-1)
     above = torch.where(j > 0, reached_bins.gather(1, (j - 1).clamp_min(0)[:, None])[:, 0], 0.0)
-    in_cut_bin = bins == (n_bins - 1 - j)[:, None]
+    in_cut_bin = depth == j[:, None]
     count = torch.count_nonzero(in_cut_bin, dim=-1)
     k = int(count.max())
     # the cut bin's values of each row, descending, padded with -1 to (B, k): the few values are
@@ -272,7 +283,10 @@ def sample(
     as the rejected one is dropped (none of them is in the nucleus) and the row draws again: what is
     kept in the end is a draw from the left distribution given the nucleus, which is the nucleus's
     own distribution. With most of the mass inside the nucleus the first draw is nearly always
-    kept; a threshold found by sorting costs several times a batched draw over a 65k vocabulary.
+    kept, and a threshold (``top_p_threshold``) costs several times a batched draw over a 65k
+    vocabulary. The rows still drawing after ``REJECTION_ROUNDS``, and every row when ``top_p`` is
+    below ``REJECTION_FROM_TOP_P`` (a small nucleus of a flat row takes many rounds), draw once from
+    the nucleus that threshold cuts.
     """
     if config.greedy:
         return logits.argmax(dim=-1)
@@ -283,9 +297,11 @@ def sample(
     weights = weights.clone() if threshold is None else weights * (probs >= threshold)
     if config.top_p >= 1:
         return draw(weights, generators)
+    if config.top_p < REJECTION_FROM_TOP_P:  # a small nucleus: drawing until inside takes many rounds
+        return draw(weights.mul_(probs >= top_p_threshold(probs, config.top_p)), generators)
     tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     rows = torch.arange(probs.shape[0], device=probs.device)
-    while True:
+    for _ in range(REJECTION_ROUNDS):
         picked = draw(weights, [generators[int(r)] for r in rows])
         p_picked = probs.gather(1, picked[:, None])
         # the nucleus holds a token iff the mass strictly above it has not reached top_p (float64
@@ -299,3 +315,7 @@ def sample(
         outside = ~inside
         rows, probs = rows[outside], probs[outside]
         weights = weights[outside].mul_(more_likely[outside])
+    # a small nucleus of a flat row can take many rounds: the rows left draw from the nucleus itself
+    weights.mul_(probs >= top_p_threshold(probs, config.top_p))
+    tokens[rows] = draw(weights, [generators[int(r)] for r in rows])
+    return tokens
