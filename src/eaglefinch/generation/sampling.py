@@ -301,8 +301,9 @@ def sample(
         return draw(weights.mul_(probs >= top_p_threshold(probs, config.top_p)), generators)
     tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     rows = torch.arange(probs.shape[0], device=probs.device)
+    drawing = list(generators)  # the generators of the rows still drawing
     for _ in range(REJECTION_ROUNDS):
-        picked = draw(weights, [generators[int(r)] for r in rows])
+        picked = draw(weights, drawing)
         p_picked = probs.gather(1, picked[:, None])
         # the nucleus holds a token iff the mass strictly above it has not reached top_p (float64
         # sums, compared in float32, as ``top_p_threshold`` compares its sorted cumulative sums)
@@ -313,9 +314,10 @@ def sample(
         if bool(inside.all()):
             return tokens
         outside = ~inside
+        drawing = [g for g, out in zip(drawing, outside.tolist(), strict=True) if out]
         rows, probs = rows[outside], probs[outside]
         weights = weights[outside].mul_(more_likely[outside])
     # a small nucleus of a flat row can take many rounds: the rows left draw from the nucleus itself
     weights.mul_(probs >= top_p_threshold(probs, config.top_p))
-    tokens[rows] = draw(weights, [generators[int(r)] for r in rows])
+    tokens[rows] = draw(weights, drawing)
     return tokens
