@@ -189,7 +189,8 @@ def test_emulated_bf16_prefill_is_as_close_to_float64_as_the_models_own(
 
     monkeypatch.setattr(decode, "F", Functional())
     upcast = prefill(model, tokens, decoder=decoder).logits.double()
-    assert fp32_products == [True] * 8 * CASES[case].n_layer  # every block matrix, not the head's 1 row
+    # every block matrix of the 70 rows; not the last block's channel mixing nor the head (1 row each)
+    assert fp32_products == [True] * (8 * CASES[case].n_layer - 3)
     assert relative_error(upcast, reference[:, -1]) < 2 * relative_error(plain, reference[:, -1]) + 1e-3
 
 

@@ -33,9 +33,12 @@ def test_shapes_and_last_only(model):
     logits, state = model(tokens)
     assert logits.shape == (3, 11, 300) and logits.dtype == torch.float32
     assert state.batch_size == 3 and state.wkv.shape == (2, 3, 2, 64, 64)
-    last, _ = model(tokens, last_only=True)
+    last, last_state = model(tokens, last_only=True)
     assert last.shape == (3, 1, 300)
     assert rel_err(last[:, 0], logits[:, -1]) < 1e-5
+    # the last block's channel mixing ran on the last position alone; the state is the whole one's
+    for name, tensor in state.tensors().items():
+        assert torch.equal(last_state.tensors()[name], tensor), name
 
 
 @torch.no_grad()

@@ -29,12 +29,24 @@ class Block(nn.Module):
         self.ffn = ChannelMix(config)
 
     def forward(
-        self, x: torch.Tensor, att_shift: torch.Tensor, wkv: torch.Tensor, ffn_shift: torch.Tensor
+        self,
+        x: torch.Tensor,
+        att_shift: torch.Tensor,
+        wkv: torch.Tensor,
+        ffn_shift: torch.Tensor,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """With ``last_only``, the output (B, 1, C) of the last position alone: the channel mixing,
+        whose outputs nothing but the next layer reads, then runs on that position (its token shift
+        is the one before); the state comes out whole."""
         if self.layer_id == 0:
             x = self.ln0(x)
         dx, att_shift, wkv = self.att(self.ln1(x), att_shift, wkv)
         x = x + dx
+        if last_only and x.shape[1] > 1:
+            xx = self.ln2(x[:, -2:])
+            dx, ffn_shift = self.ffn(xx[:, 1:], xx[:, 0])
+            return x[:, -1:] + dx, att_shift, wkv, ffn_shift
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
         return x + dx, att_shift, wkv, ffn_shift
 
@@ -110,9 +122,11 @@ class RWKV(nn.Module):
                 )
 
     def forward_hidden(
-        self, tokens: torch.Tensor, state: RWKVState | None = None
+        self, tokens: torch.Tensor, state: RWKVState | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, RWKVState]:
-        """Run the blocks; return the final normalised hidden states (B, T, C) and the new state."""
+        """Run the blocks; return the final normalised hidden states (B, T, C) and the new state
+        (with ``last_only``, (B, 1, C) for the last position: the last block's channel mixing then
+        runs on that position alone)."""
         self._check_tokens(tokens)
         B, T = tokens.shape
         if T == 0:
@@ -129,7 +143,7 @@ class RWKV(nn.Module):
             if recompute:
                 x, a, w, f = checkpoint(block, *args, use_reentrant=False)
             else:
-                x, a, w, f = block(*args)
+                x, a, w, f = block(*args, last_only=last_only and i == len(self.blocks) - 1)
             att_shifts.append(a)
             wkvs.append(w)
             ffn_shifts.append(f)
@@ -148,12 +162,13 @@ class RWKV(nn.Module):
         Args:
             tokens: LongTensor [B, T] (T = 1 decodes one step; T > 1 prefills or trains).
             state: the state after the previous tokens, or ``None`` to start fresh.
-            last_only: compute logits for the last position only (prefill), shape [B, 1, V].
+            last_only: compute logits for the last position only (prefill), shape [B, 1, V]; the
+                last block's channel mixing then runs on that position alone (equal to rounding).
 
         Returns:
             ``(logits [B, T, V] float32, state)``.
         """
-        hidden, state = self.forward_hidden(tokens, state)
+        hidden, state = self.forward_hidden(tokens, state, last_only=last_only)
         if last_only:
             hidden = hidden[:, -1:]
         return self.head(hidden).float(), state
