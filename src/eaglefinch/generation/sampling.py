@@ -294,7 +294,10 @@ def sample(
     threshold = _floor(probs, config)
     # p^(1/T) up to a factor per row (the draw needs no normalisation), as one exp rather than a pow
     weights = torch.softmax(logits.float() / config.temperature, dim=-1) if config.temperature != 1 else probs
-    weights = weights.clone() if threshold is None else weights * (probs >= threshold)
+    if threshold is not None:
+        weights = weights * (probs >= threshold)
+    elif weights is probs:
+        weights = probs.clone()  # the draws below change it in place; probs stays the reference
     if config.top_p >= 1:
         return draw(weights, generators)
     if config.top_p < REJECTION_FROM_TOP_P:  # a small nucleus: drawing until inside takes many rounds
