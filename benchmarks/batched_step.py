@@ -11,7 +11,8 @@ applied as ``generate`` and ``serve`` apply it:
   logits of a random model's step (flat: most of the vocabulary is in the nucleus) and on the
   same logits times 8 (peaked).
 
-Medians of interleaved rounds, so that a busy machine slows both alike.
+Medians of interleaved rounds (``decode_speed.interleaved``: the order rotating), so that a busy
+machine slows both alike.
 
     nice python benchmarks/batched_step.py [--rounds 15]
 
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 from common import ensure_malloc_env, write_json
 
 ensure_malloc_env()
 
 import torch  # noqa: E402
+from decode_speed import interleaved  # noqa: E402
 
 from eaglefinch import RWKVConfig  # noqa: E402
 from eaglefinch.allocator import keep_freed_memory  # noqa: E402
@@ -41,17 +42,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOP_PS = (0.01, 0.3, 0.5, 0.9, 0.99)
 
 
-def interleaved(contenders: dict, rounds: int) -> dict:
-    """Median seconds of each callable, timed once per round in turn after one warm-up call each."""
-    for fn in contenders.values():
-        fn()
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def compare(label: str, contenders: dict, rounds: int, **fields) -> dict:
+    """Median milliseconds of each contender (interleaved rounds, the order rotating), as a result row
+    with ``fields``; the first contender's over the second's is the speedup."""
+    medians = {name: 1e3 * statistics.median(t) for name, t in interleaved(contenders, 1, rounds).items()}
+    (first, a), (second, b) = medians.items()
+    print(f"{label}: {first} {a:.2f} ms, {second} {b:.2f} ms", flush=True)
+    return {**fields, **{f"ms_{name}": ms for name, ms in medians.items()}, "speedup": a / b}
 
 
 def state_math(config: RWKVConfig, rounds: int) -> list[dict]:
@@ -62,29 +59,20 @@ def state_math(config: RWKVConfig, rounds: int) -> list[dict]:
         for rows in (1, 16, 64):
             tokens = torch.randint(0, config.vocab_size, (rows,), generator=torch.Generator().manual_seed(0))
             states = {name: d.zero_state(rows) for name, d in decoders.items()}
+            steps = {
+                name: (lambda d=d, s=states[name], t=tokens: d.step(t, s)) for name, d in decoders.items()
+            }
             with torch.inference_mode():
-                medians = interleaved(
-                    {
-                        name: (lambda d=d, s=states[name], t=tokens: d.step(t, s))
-                        for name, d in decoders.items()
-                    },
-                    rounds,
+                results.append(
+                    compare(
+                        f"step {dtype_name} {rows:3d} rows",
+                        steps,
+                        rounds,
+                        dtype=dtype_name,
+                        layout=decoders["model"].head.kind,
+                        rows=rows,
+                    )
                 )
-            results.append(
-                {
-                    "dtype": dtype_name,
-                    "layout": decoders["model"].head.kind,
-                    "rows": rows,
-                    "ms_model": 1e3 * medians["model"],
-                    "ms_regrouped": 1e3 * medians["regrouped"],
-                    "speedup": medians["model"] / medians["regrouped"],
-                }
-            )
-            print(
-                f"step {dtype_name} {rows:3d} rows: model {1e3 * medians['model']:.1f} ms, "
-                f"regrouped {1e3 * medians['regrouped']:.1f} ms",
-                flush=True,
-            )
     return results
 
 
@@ -97,31 +85,16 @@ def sampling(config: RWKVConfig, rounds: int) -> list[dict]:
     results = []
     for shape, logits in (("flat", flat), ("peaked", flat * 8)):
         for top_p in TOP_PS:
-            config_p = SamplingConfig(top_p=top_p)
-            generators = [torch.Generator().manual_seed(i) for i in range(16)]
-            medians = interleaved(
-                {
-                    "threshold": lambda c=config_p, x=logits, g=generators: draw(filtered_probs(x, c), g),
-                    "sample": lambda c=config_p, x=logits, g=generators: sample(x, c, g),
-                },
-                rounds,
-            )
-            nucleus = int((filtered_probs(logits, config_p) > 0).sum()) / 16
+            c = SamplingConfig(top_p=top_p)
+            g = [torch.Generator().manual_seed(i) for i in range(16)]
+            nucleus = int((filtered_probs(logits, c) > 0).sum()) / 16
+            contenders = {
+                "threshold_then_draw": lambda c=c, x=logits, g=g: draw(filtered_probs(x, c), g),
+                "sample": lambda c=c, x=logits, g=g: sample(x, c, g),
+            }
+            label = f"sampling 16 rows, {shape} logits, top_p {top_p} (nucleus {nucleus:.0f} tokens)"
             results.append(
-                {
-                    "logits": shape,
-                    "top_p": top_p,
-                    "mean_nucleus_tokens": nucleus,
-                    "ms_threshold_then_draw": 1e3 * medians["threshold"],
-                    "ms_sample": 1e3 * medians["sample"],
-                    "speedup": medians["threshold"] / medians["sample"],
-                }
-            )
-            print(
-                f"sampling 16 rows, {shape} logits, top_p {top_p}: threshold+draw "
-                f"{1e3 * medians['threshold']:.2f} ms, sample {1e3 * medians['sample']:.2f} ms "
-                f"(nucleus {nucleus:.0f} tokens)",
-                flush=True,
+                compare(label, contenders, rounds, logits=shape, top_p=top_p, mean_nucleus_tokens=nucleus)
             )
     return results
 

@@ -251,8 +251,8 @@ def test_sample_stays_in_the_nucleus_of_a_large_vocabulary(top_p):
     logits[7] = float("-inf")
     logits[7, 11] = 0.0
     config = SamplingConfig(top_p=top_p, seed=0)
-    threshold = _sorted_threshold(torch.softmax(logits, dim=-1), top_p)
     probs = torch.softmax(logits, dim=-1)
+    threshold = _sorted_threshold(probs, top_p)
     gens = make_generators(config, 8)
     for _ in range(40):
         tokens = sample(logits.clone(), config, gens)

@@ -41,6 +41,21 @@ def test_shapes_and_last_only(model):
         assert torch.equal(last_state.tensors()[name], tensor), name
 
 
+def test_last_only_with_gradient_checkpointing(model):
+    """The recomputed blocks get ``last_only`` too: the hidden states of the last position alone."""
+    tokens = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        full, _ = model(tokens)
+    model.set_grad_checkpointing(True)
+    try:
+        hidden, _ = model.forward_hidden(tokens, last_only=True)
+        last, _ = model(tokens, last_only=True)
+    finally:
+        model.set_grad_checkpointing(False)
+    assert hidden.shape == (2, 1, model.config.n_embd) and last.shape == (2, 1, 300)
+    assert rel_err(last[:, 0].detach(), full[:, -1]) < 1e-5
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("split", [1, 5, 70])
 def test_prefix_state_suffix_equals_one_pass(model, split):

@@ -15,7 +15,7 @@ Three kinds of weights (``weights=``):
   in the order of summation (tests compare both with the model and the official package), in
   their products and in the float32 state's: ``r (u k^T v + S)`` is summed as ``r S + (r . u k) v``,
   which passes over the (B, H, N, N) state twice rather than five times (a bf16 Finch L12-D768
-  step of 16 rows 29.2 -> 27.0 ms, of 64 rows 99.7 -> 71.3 ms: benchmarks/batched_step.py).
+  step of 16 rows 29.4 -> 26.6 ms, of 64 rows 94.8 -> 78.0 ms: benchmarks/batched_step.py).
 * ``"fp16"`` (CPU, opt-in): matrices stored in fp16 and multiplied in fp32 by FBGEMM's fp16-weight
   kernel: half the bytes of fp32. Lossless for bf16 checkpoints whose weights lie in fp16's normal
   range (``DecodeModel.lossless`` says whether they all do); for fp32 weights a rounding to 11

@@ -139,11 +139,17 @@ class RWKV(nn.Module):
         att_shifts, wkvs, ffn_shifts = [], [], []
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            args = (x, state.att_shift[i], state.wkv[i], state.ffn_shift[i])
+            args = (
+                x,
+                state.att_shift[i],
+                state.wkv[i],
+                state.ffn_shift[i],
+                last_only and i == len(self.blocks) - 1,
+            )
             if recompute:
                 x, a, w, f = checkpoint(block, *args, use_reentrant=False)
             else:
-                x, a, w, f = block(*args, last_only=last_only and i == len(self.blocks) - 1)
+                x, a, w, f = block(*args)
             att_shifts.append(a)
             wkvs.append(w)
             ffn_shifts.append(f)
@@ -169,8 +175,6 @@ class RWKV(nn.Module):
             ``(logits [B, T, V] float32, state)``.
         """
         hidden, state = self.forward_hidden(tokens, state, last_only=last_only)
-        if last_only:
-            hidden = hidden[:, -1:]
         return self.head(hidden).float(), state
 
     def loss(
